@@ -1,0 +1,53 @@
+"""Plugin hooks: the manual of a plugin author.
+
+A plugin is a module (or object) with functions decorated by :data:`hookimpl`, published through
+the ``gpt_simple`` entry-point group in its ``pyproject.toml``::
+
+    [project.entry-points.gpt_simple]
+    my-backend = "my_package.plugin"
+
+Built-in backends are registered the same way and have no privileges. Set
+``GPT_SIMPLE_PLUGINS`` to a comma-separated list of entry-point names to load only those
+(empty: none), for reproducible runs or to rule out a broken plugin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from gpt_simple_core.checkpoints.info import CheckpointInfo
+    from gpt_simple_core.protocol import Backend
+
+PROJECT = "gpt_simple"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def gpt_simple_register_backends(register: Callable[[Backend], None]) -> None:
+    """Register backends by calling ``register(backend)`` once per :class:`Backend` instance.
+
+    Called once, when the plugin manager starts. Keep it cheap: do not import the runtime here;
+    import it inside ``Backend.load``.
+    """
+
+
+@hookspec(firstresult=True)
+def gpt_simple_inspect_checkpoint(
+    path: Path, tokenizer: Path | None, load_tokenizer: bool
+) -> CheckpointInfo | None:
+    """Claim ``path`` if it is a checkpoint in a format this plugin knows, else return ``None``.
+
+    ``path`` is absolute with ``~`` and variables expanded; ``tokenizer`` is the user's
+    override (absolute) or ``None`` to look beside the checkpoint. Claim only what is
+    unambiguously yours: the first non-``None`` answer wins. Once claimed, check everything a
+    run needs except the weights themselves (config parses, weights file present with a
+    plausible size, tokenizer found, and loaded when ``load_tokenizer`` is true) and raise
+    :class:`~gpt_simple_core.errors.CheckpointError` naming the paths tried when something is
+    wrong. Never load weights and never import a heavy runtime here: the dry-run calls it.
+    """

@@ -1,0 +1,194 @@
+"""The contract between the core and a backend.
+
+The core owns everything that is the same for every runtime: parsing and planning, the decode
+loop, sampling, stopping, seeds, batching and ordered output. A backend supplies only the math:
+
+* a :class:`Backend` says what it can run (formats, dtypes, devices), checks a request at
+  pre-flight without importing anything heavy, and loads a checkpoint into a
+  :class:`LoadedModel`;
+* a :class:`LoadedModel` owns a :class:`Tokenizer` and one operation, :meth:`LoadedModel.forward`:
+  append new tokens to some rows and return each row's next-token logits. Rows are small
+  integers chosen by the core ("slots"); the backend keeps whatever per-row state it has (a KV
+  cache, or just the ids when it recomputes a window) until the core calls
+  :meth:`LoadedModel.release`.
+
+Backends register through the ``gpt_simple_register_backends`` hook
+(:mod:`gpt_simple_core.hookspecs`); ``plugins/`` holds a complete example.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+import attrs
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from gpt_simple_core.checkpoints.info import CheckpointInfo
+
+#: Formats a backend runs when no backend is named ("auto"), or only when asked ("explicit",
+#: e.g. ONNX on a gpt-simple checkpoint, which means an export first).
+AUTO = "auto"
+EXPLICIT = "explicit"
+
+#: How a model handles a row longer than its context length; reported in ``meta``.
+OVERFLOW_EXTRAPOLATE = "extrapolate"  # keeps going past the trained context (RoPE)
+OVERFLOW_TRUNCATE = "truncate"  # recomputes over the last context_length tokens
+OVERFLOW_WINDOW = "window"  # the architecture always runs a fixed sliding window
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What the core needs from a tokenizer.
+
+    ``len(tokenizer)`` is the full vocabulary the tokenizer can produce (added tokens
+    included). Logit columns at or above it (a padding band up to the model's vocab size) are
+    never sampled; neither are the ids in :attr:`never_generate`.
+    """
+
+    eos_token_id: int | None
+    pad_token_id: int | None
+    never_generate: tuple[int, ...]
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` as the model was trained to see it."""
+        ...
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of ``ids``."""
+        ...
+
+    def __len__(self) -> int: ...
+
+
+@attrs.frozen
+class LoadRequest:
+    """How to load a checkpoint: what the record, the config and the CLI asked for.
+
+    ``dtype`` is a normalised name (``fp32``, ``fp16``, ``bf16``) or ``auto``; ``device`` is
+    ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto``. ``options`` carries backend-specific
+    settings from the command line or config (for example ``context_overflow``).
+    """
+
+    dtype: str = "auto"
+    device: str = "auto"
+    threads: int | None = None
+    options: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class Preflight:
+    """The outcome of a cheap check of a request against a checkpoint.
+
+    ``problems`` make the request impossible: each says why and what would work instead.
+    ``warnings`` are shown in the plan and do not stop the run.
+    """
+
+    problems: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+class LoadedModel(ABC):
+    """A model in memory, driven by the core's decode loop.
+
+    Subclasses set the attributes in ``__init__``:
+
+    * ``tokenizer``: a :class:`Tokenizer`;
+    * ``dtype`` and ``device``: what actually ran (``auto`` resolved), echoed in ``meta``;
+    * ``context_length``: positions the model was trained for, or ``None`` if unbounded;
+    * ``context_overflow``: one of the ``OVERFLOW_*`` policies, what happens past it;
+    * ``notes``: JSON-ready facts about this model for every record's ``meta``.
+    """
+
+    tokenizer: Tokenizer
+    dtype: str
+    device: str
+    context_length: int | None = None
+    context_overflow: str = OVERFLOW_EXTRAPOLATE
+    notes: Mapping[str, Any] = {}
+
+    @abstractmethod
+    def forward(self, rows: Sequence[int], tokens: Sequence[Sequence[int]]) -> np.ndarray:
+        """Append ``tokens[i]`` to row ``rows[i]`` and return next-token logits.
+
+        A row not seen since it was last released starts empty, so its first call carries its
+        whole prompt (or the first chunk of it); later calls usually carry one token. Rows in
+        one call may have different numbers of new tokens. Returns a float32 array of shape
+        ``[len(rows), vocab]``: the logits at the last position of each row, in ``rows`` order.
+        Row ids are small non-negative integers below the core's batch size.
+        """
+
+    def release(self, rows: Sequence[int]) -> None:  # noqa: B027 - optional for stateless backends
+        """Forget the state of ``rows``; their ids may be reused for new sequences."""
+
+    def close(self) -> None:  # noqa: B027 - optional: garbage collection frees most backends
+        """Free the model. The core calls it before loading the next one."""
+
+
+class Backend(ABC):
+    """A runtime that can load checkpoints. Subclass it and register an instance.
+
+    Class attributes describe capabilities; they are shown by ``gpt-simple backends`` and used
+    to choose a backend per record:
+
+    * ``name``: what records and ``--backend`` call it;
+    * ``formats``: checkpoint format -> :data:`AUTO` (chosen automatically for that format) or
+      :data:`EXPLICIT` (used only when named);
+    * ``priority``: among installed backends with :data:`AUTO` for a format, the highest wins;
+    * ``dtypes`` and ``devices``: what :meth:`load` accepts (besides ``auto``);
+    * ``requires``: import names the backend needs; they are looked up, never imported, when
+      planning.
+    """
+
+    name: ClassVar[str]
+    formats: ClassVar[Mapping[str, str]]
+    priority: ClassVar[int] = 0
+    dtypes: ClassVar[tuple[str, ...]] = ("fp32",)
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    def missing_dependencies(self) -> list[str]:
+        """Import names from ``requires`` that are not installed (nothing is imported)."""
+        return [name for name in self.requires if importlib.util.find_spec(name) is None]
+
+    def preflight(self, checkpoint: CheckpointInfo, request: LoadRequest) -> Preflight:
+        """Check ``request`` against ``checkpoint`` without loading or importing anything heavy.
+
+        The default checks the dtype and device lists and the dependencies; override to add
+        format-specific checks (call ``super().preflight`` first).
+        """
+        problems = []
+        missing = self.missing_dependencies()
+        if missing:
+            problems.append(
+                f"backend {self.name!r} needs {', '.join(missing)}, which is not installed "
+                f"(pip install 'gpt-simple-inference[{self.name}]')"
+            )
+        if request.dtype != "auto" and request.dtype not in self.dtypes:
+            problems.append(
+                f"backend {self.name!r} cannot run dtype {request.dtype} "
+                f"(it runs {', '.join(self.dtypes)})"
+            )
+        device_kind = request.device.split(":", 1)[0]
+        if request.device != "auto" and device_kind not in self.devices:
+            problems.append(
+                f"backend {self.name!r} cannot run on {request.device} "
+                f"(it runs on {', '.join(self.devices)})"
+            )
+        return Preflight(problems=tuple(problems))
+
+    def resolve(self, request: LoadRequest) -> LoadRequest:
+        """Resolve ``auto`` dtype and device, as :meth:`load` would.
+
+        Called at run time only (it may import the runtime to look for a GPU). The core merges
+        groups whose resolved requests are equal, so a checkpoint never loads twice.
+        """
+        return request
+
+    @abstractmethod
+    def load(self, checkpoint: CheckpointInfo, request: LoadRequest) -> LoadedModel:
+        """Load ``checkpoint`` as ``request`` says and return it ready to generate."""
