@@ -59,9 +59,7 @@ class ModelConfig:
     norm_eps: float = attrs.field(default=1e-5, validator=_positive)
     tie_word_embeddings: bool = True
     rope_base: float = attrs.field(default=10000.0, validator=_positive)
-    rope_scaling_type: str | None = attrs.field(
-        default=None, validator=_one_of(ROPE_SCALING_TYPES)
-    )
+    rope_scaling_type: str | None = attrs.field(default=None, validator=_one_of(ROPE_SCALING_TYPES))
     rope_scaling_factor: float = attrs.field(default=1.0, validator=_positive)
     attention_mode: str = "causal"
 
@@ -195,8 +193,15 @@ class ModelConfig:
         return attrs.asdict(self)
 
 
-_INT_KEYS = {"vocab_size", "n_embd", "n_layer", "n_head", "n_kv_head", "n_positions",
-             "intermediate_size"}
+_INT_KEYS = {
+    "vocab_size",
+    "n_embd",
+    "n_layer",
+    "n_head",
+    "n_kv_head",
+    "n_positions",
+    "intermediate_size",
+}
 _FLOAT_KEYS = {"dropout", "norm_eps", "rope_base", "rope_scaling_factor"}
 _BOOL_KEYS = {"use_bias", "qkv_bias", "attn_out_bias", "mlp_bias", "tie_word_embeddings"}
 
