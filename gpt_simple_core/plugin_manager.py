@@ -16,7 +16,7 @@ from types import ModuleType
 import pluggy
 import structlog
 
-from gpt_simple_core import hookspecs
+from gpt_simple_core import hookspecs, logs
 from gpt_simple_core.checkpoints.info import CheckpointInfo
 from gpt_simple_core.errors import BackendError
 from gpt_simple_core.protocol import Backend
@@ -48,6 +48,7 @@ def get_plugin_manager() -> pluggy.PluginManager:
     """The process-wide plugin manager, with plugins loaded on first call."""
     global _manager
     if _manager is None:
+        logs.ensure_configured()
         manager = pluggy.PluginManager(hookspecs.PROJECT)
         manager.add_hookspecs(hookspecs)
         for module in _core_plugins():

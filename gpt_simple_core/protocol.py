@@ -128,6 +128,13 @@ class LoadedModel(ABC):
     def close(self) -> None:  # noqa: B027 - optional: garbage collection frees most backends
         """Free the model. The core calls it before loading the next one."""
 
+    def public_model(self) -> Any:
+        """What ``gpt_simple.load_for_inference`` hands to users: by default this object.
+
+        The PyTorch backend returns its ``nn.Module`` instead, as the trainer's API did.
+        """
+        return self
+
 
 class Backend(ABC):
     """A runtime that can load checkpoints. Subclass it and register an instance.
@@ -192,3 +199,13 @@ class Backend(ABC):
     @abstractmethod
     def load(self, checkpoint: CheckpointInfo, request: LoadRequest) -> LoadedModel:
         """Load ``checkpoint`` as ``request`` says and return it ready to generate."""
+
+    def adopt(self, model: Any, tokenizer: Any) -> LoadedModel | None:
+        """Wrap an object this backend's :meth:`LoadedModel.public_model` returned (so
+        ``gpt_simple.generate(model, tokenizer, ...)`` accepts it); ``None`` if not ours."""
+        return None
+
+    def describe_runtime(self) -> dict[str, Any]:
+        """Extra facts for ``gpt-simple backends`` (e.g. execution providers). Called only
+        when the dependencies are installed; may import the runtime."""
+        return {}

@@ -1,0 +1,86 @@
+"""From a path as the user wrote it to a checked :class:`CheckpointInfo`.
+
+Paths in the CLI, config files and JSONL records are all treated alike: ``~`` and
+``$VAR``/``${VAR}`` are expanded (an unset variable is an error, not an empty string), relative
+paths are relative to the working directory (as in the trainer), and symlinks are resolved so
+two spellings of one checkpoint are one checkpoint. ``builtin:NAME`` names a model shipped
+inside this package. Which format a path is in is decided by the format plugins.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from gpt_simple_core.checkpoints.info import CheckpointInfo
+from gpt_simple_core.errors import CheckpointError
+
+BUILTIN_PREFIX = "builtin:"
+DEFAULT_MODEL = "builtin:default"
+_VARIABLE = re.compile(r"\$(?:\{([^}]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def builtin_models_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "builtin_models"
+
+
+def builtin_model_names() -> list[str]:
+    folder = builtin_models_dir()
+    return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+
+def expand_variables(raw: str) -> str:
+    """Expand ``$VAR`` and ``${VAR}``; an unset variable raises instead of vanishing."""
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1) if match.group(1) is not None else match.group(2)
+        if name not in os.environ:
+            raise CheckpointError(f"{raw}: environment variable {name} is not set")
+        return os.environ[name]
+
+    return _VARIABLE.sub(replace, raw)
+
+
+def expand_path(raw: str, cwd: Path | None = None) -> Path:
+    """The canonical absolute path ``raw`` names (it need not exist)."""
+    if raw.startswith(BUILTIN_PREFIX):
+        name = raw[len(BUILTIN_PREFIX) :]
+        path = builtin_models_dir() / name
+        if not path.is_dir():
+            available = ", ".join(BUILTIN_PREFIX + n for n in builtin_model_names()) or "none"
+            raise CheckpointError(f"{raw}: no such built-in model (available: {available})")
+        return path
+    path = Path(expand_variables(raw)).expanduser()
+    if not path.is_absolute():
+        path = (cwd or Path.cwd()) / path
+    return Path(os.path.realpath(path))
+
+
+def resolve_checkpoint(
+    raw: str,
+    *,
+    tokenizer: str | None = None,
+    cwd: Path | None = None,
+    load_tokenizer: bool = True,
+) -> CheckpointInfo:
+    """Resolve ``raw`` (checkpoint or run directory, or a file a plugin knows) and check it."""
+    from gpt_simple_core.plugin_manager import inspect_checkpoint
+
+    path = expand_path(raw, cwd)
+    if not path.exists():
+        shown = f" ({path})" if str(path) != raw else ""
+        raise CheckpointError(f"{raw}: no such file or directory{shown}")
+    tokenizer_path = None
+    if tokenizer is not None:
+        tokenizer_path = expand_path(tokenizer, cwd)
+        if not tokenizer_path.exists():
+            raise CheckpointError(f"tokenizer {tokenizer}: no such file or directory")
+    info = inspect_checkpoint(path, tokenizer_path, load_tokenizer=load_tokenizer)
+    if info is None:
+        raise CheckpointError(
+            f"{path} is neither a checkpoint directory (with model/config.json) nor a run "
+            f"directory (with checkpoints/), and no installed format plugin recognises it "
+            f"(`gpt-simple backends` lists the formats installed)"
+        )
+    return info

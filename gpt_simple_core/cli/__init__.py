@@ -1,0 +1,1 @@
+"""The ``gpt-simple`` command line: one module per command."""

@@ -1,0 +1,84 @@
+"""``gpt-simple``: the command-line entry point.
+
+Importing this module (and running ``--help`` or ``--dry-run``) imports no heavy runtime;
+backends import theirs when a model of theirs loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+from gpt_simple_core import __version__, logs
+from gpt_simple_core.cli import backends_cmd, batch_generate, generate, validate
+from gpt_simple_core.errors import GptSimpleError
+
+EXIT_OK = 0
+EXIT_RECORD_ERRORS = 1
+EXIT_INVALID = 2
+EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+EXIT_CODES_HELP = """\
+exit status:
+  0    every record completed
+  1    the run finished, but some records carry an "error" (see the output)
+  2    invalid command line, config, input file or checkpoint: nothing was loaded
+  70   internal error (a bug: please report it with the traceback)
+  130  interrupted (Ctrl-C); 143 terminated (SIGTERM): finished records are kept
+"""
+
+COMMANDS = (generate, batch_generate, validate, backends_cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpt-simple",
+        description="Run trained GPT-style checkpoints. Output is JSONL on stdout; logs and "
+        "progress go to stderr.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"gpt-simple {__version__}")
+    parser.add_argument(
+        "--log-format", choices=("console", "json"), default="console", help="stderr log format"
+    )
+    parser.add_argument("--log-level", choices=logs.LEVELS, default="info", help="stderr log level")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        sub = command.add_parser(subparsers)
+        sub.epilog = EXIT_CODES_HELP
+        sub.formatter_class = argparse.RawDescriptionHelpFormatter
+        sub.set_defaults(handler=command.run)
+    return parser
+
+
+def _exit_quietly_on_broken_pipe() -> int:
+    # `gpt-simple ... | head` closes stdout early: that is the reader's choice, not an error.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logs.configure(args.log_format, args.log_level)
+    try:
+        return args.handler(args)
+    except GptSimpleError as exc:
+        print(f"gpt-simple: error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        print("gpt-simple: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return _exit_quietly_on_broken_pipe()
+    except Exception:
+        traceback.print_exc()
+        print("gpt-simple: internal error (a bug; please report it)", file=sys.stderr)
+        return EXIT_INTERNAL

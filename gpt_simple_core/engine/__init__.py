@@ -1,0 +1,1 @@
+"""The decode engine: sampling, stopping, continuous batching, running a plan."""

@@ -1,0 +1,74 @@
+"""The output record: the input's keys in order, then ``completion`` or ``error``, the effective
+``generation`` block (in place of the input's, seed included), then ``meta``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from gpt_simple_core.checkpoints.info import CheckpointInfo
+from gpt_simple_core.engine.sequence import Sequence
+from gpt_simple_core.plan.planner import PlannedRecord
+from gpt_simple_core.protocol import LoadedModel
+
+
+def error_entry(exc: BaseException) -> dict[str, str]:
+    return {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__}
+
+
+def output_record(
+    planned: PlannedRecord,
+    meta: Mapping[str, Any],
+    *,
+    completion: str | None = None,
+    error: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    generation = planned.params.to_json()
+    out: dict[str, Any] = {}
+    for key, value in planned.record.raw.items():
+        out[key] = generation if key == "generation" else value
+    if error is not None:
+        out["error"] = dict(error)
+    else:
+        out["completion"] = completion
+    out.setdefault("generation", generation)
+    out["meta"] = dict(meta)
+    return out
+
+
+def group_meta(
+    info: CheckpointInfo,
+    backend: str,
+    backend_reason: str | None,
+    model: LoadedModel | None,
+    requested: Mapping[str, str],
+) -> dict[str, Any]:
+    """What every record of a group shares in ``meta``."""
+    meta: dict[str, Any] = {
+        "checkpoint": str(info.path),
+        "format": info.format,
+        "step": info.step,
+        "backend": backend,
+        "backend_reason": backend_reason,
+        "dtype": model.dtype if model else requested["dtype"],
+        "device": model.device if model else requested["device"],
+    }
+    if model is not None and model.notes:
+        meta["notes"] = dict(model.notes)
+    return meta
+
+
+def sequence_meta(shared: Mapping[str, Any], seq: Sequence, model: LoadedModel) -> dict[str, Any]:
+    meta = dict(shared)
+    meta["prompt_tokens"] = len(seq.prompt_ids)
+    meta["completion_tokens"] = len(seq.generated)
+    meta["finish_reason"] = seq.finish_reason
+    context = model.context_length
+    if context is not None and seq.length > context:
+        notes = dict(meta.get("notes", {}))
+        notes["context"] = (
+            f"{seq.length} tokens ran past the context of {context}; "
+            f"policy: {model.context_overflow}"
+        )
+        meta["notes"] = notes
+    return meta

@@ -1,0 +1,1 @@
+"""Output: ordered JSONL with a spool, and progress on stderr."""

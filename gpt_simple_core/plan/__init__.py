@@ -1,0 +1,1 @@
+"""Planning: records grouped by model load, checked before anything loads."""

@@ -1,0 +1,273 @@
+"""The planner: records -> groups of one model load each, every problem found before loading.
+
+Planning resolves every checkpoint, loads tokenizers (for EOS ids and a cheap context bound)
+and pre-flights backends, but never loads weights or imports a runtime such as torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import attrs
+
+from gpt_simple_core.checkpoints.info import CheckpointInfo
+from gpt_simple_core.checkpoints.resolve import resolve_checkpoint
+from gpt_simple_core.errors import CheckpointError
+from gpt_simple_core.plan.backend_choice import BackendChoice, choose_backend
+from gpt_simple_core.plan.model import Plan, PlanGroup, PlanProblem
+from gpt_simple_core.protocol import Backend, LoadRequest
+from gpt_simple_core.records.parse import Record
+from gpt_simple_core.records.problems import Problem
+from gpt_simple_core.records.schema import (
+    BUILTIN_GENERATION,
+    DTYPE_BYTES,
+    GenerationParams,
+    ModelSpec,
+    resolve_generation,
+    stack,
+)
+from gpt_simple_core.records.seeds import derive_seed, draw_run_seed
+from gpt_simple_core.settings import Settings
+
+
+@attrs.frozen
+class PlannedRecord:
+    record: Record
+    params: GenerationParams
+
+
+@attrs.define
+class PlannedGroup:
+    """A group ready to run: its checkpoint, backend, load request and records."""
+
+    info: CheckpointInfo
+    backend: Backend | None
+    request: LoadRequest
+    records: list[PlannedRecord]
+    summary: PlanGroup
+
+
+@attrs.define
+class Planned:
+    plan: Plan
+    groups: list[PlannedGroup]
+
+
+@attrs.frozen
+class _GroupKey:
+    checkpoint: Path
+    dtype: str
+    tokenizer: Path | None
+    backend: str | None
+
+
+class _ProblemLog:
+    """Collects problems; the same resolution problem on many records is reported once."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self._entries: dict[tuple[str, str], list] = {}
+        self._order: list[tuple[str, str] | int] = []
+        self._unique: list[PlanProblem] = []
+
+    def add(self, problem: Problem, *, merge: bool = False) -> None:
+        if not merge:
+            self._unique.append(self._entry(problem))
+            self._order.append(len(self._unique) - 1)
+            return
+        key = (problem.field, problem.message)
+        if key not in self._entries:
+            self._entries[key] = [problem.line, 0]
+            self._order.append(key)
+        self._entries[key][1] += 1
+
+    def _entry(self, problem: Problem, count: int = 1) -> PlanProblem:
+        return PlanProblem(
+            file=self.source,
+            line=problem.line,
+            field=problem.field,
+            message=problem.message,
+            count=count,
+        )
+
+    def problems(self) -> tuple[PlanProblem, ...]:
+        out = []
+        for item in self._order:
+            if isinstance(item, int):
+                out.append(self._unique[item])
+            else:
+                line, count = self._entries[item]
+                out.append(self._entry(Problem(line, *item), count))
+        return tuple(sorted(out, key=lambda p: (p.line is None, p.line or 0)))
+
+
+class Planner:
+    """Builds a :class:`Planned` from parsed records and the stacked settings."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        source: str,
+        cwd: Path | None = None,
+        backends: Mapping[str, Backend] | None = None,
+        plugin_errors: Mapping[str, str] | None = None,
+    ) -> None:
+        from gpt_simple_core import plugin_manager
+
+        self.settings = settings
+        self.source = source
+        self.cwd = cwd or Path.cwd()
+        self.backends = plugin_manager.get_backends() if backends is None else backends
+        self.plugin_errors = (
+            plugin_manager.plugin_errors if plugin_errors is None else plugin_errors
+        )
+        self.run_seed = settings.run_seed if settings.run_seed is not None else draw_run_seed()
+        self._defaults = stack(BUILTIN_GENERATION, attrs.evolve(settings.generation, seed=None))
+        self._checkpoints: dict[tuple[str, str | None], CheckpointInfo | CheckpointError] = {}
+        self._choices: dict[tuple, BackendChoice] = {}
+
+    # Per record ----------------------------------------------------------------------------
+    def model_spec(self, record: Record) -> ModelSpec:
+        """The record's model block over the defaults; a record's own path brings no default
+        tokenizer with it (the default tokenizer belongs to the default model)."""
+        default, own = self.settings.model, record.model or ModelSpec()
+        spec = stack(default, attrs.evolve(own, checkpoint=None, output_dir=None))
+        if own.path is not None:
+            spec = attrs.evolve(spec, checkpoint=own.path, output_dir=None, tokenizer=own.tokenizer)
+        elif default.path is not None:
+            spec = attrs.evolve(spec, checkpoint=default.path, output_dir=None)
+        return spec
+
+    def params(self, record: Record) -> GenerationParams:
+        spec = stack(self._defaults, record.generation)
+        seed = spec.seed if spec.seed is not None else derive_seed(self.run_seed, record.index)
+        return resolve_generation(spec, seed)
+
+    def checkpoint(self, path: str, tokenizer: str | None) -> CheckpointInfo | CheckpointError:
+        key = (path, tokenizer)
+        if key not in self._checkpoints:
+            try:
+                self._checkpoints[key] = resolve_checkpoint(path, tokenizer=tokenizer, cwd=self.cwd)
+            except CheckpointError as exc:
+                self._checkpoints[key] = exc
+        return self._checkpoints[key]
+
+    def request(self, dtype: str) -> LoadRequest:
+        run = self.settings.run
+        options = {"context_overflow": run.context_overflow} if run.context_overflow else {}
+        return LoadRequest(
+            dtype=dtype, device=run.device or "auto", threads=run.threads, options=options
+        )
+
+    def choice(self, info: CheckpointInfo, backend: str | None, dtype: str) -> BackendChoice:
+        key = (info.path, info.format, backend, dtype)
+        if key not in self._choices:
+            self._choices[key] = choose_backend(
+                info, backend, self.request(dtype), self.backends, self.plugin_errors
+            )
+        return self._choices[key]
+
+    # The whole input -----------------------------------------------------------------------
+    def plan(self, records: Sequence[Record], parse_problems: Sequence[Problem] = ()) -> Planned:
+        log = _ProblemLog(self.source)
+        for problem in parse_problems:
+            log.add(problem)
+        groups: dict[_GroupKey, PlannedGroup] = {}
+        for record in records:
+            spec = self.model_spec(record)
+            if spec.path is None:
+                message = "no model: give model.checkpoint in the record, or --checkpoint"
+                log.add(Problem(record.line, "model", message), merge=True)
+                continue
+            field = "model.checkpoint" if record.model and record.model.path else "--checkpoint"
+            info = self.checkpoint(spec.path, spec.tokenizer)
+            if isinstance(info, CheckpointError):
+                log.add(Problem(record.line, field, str(info)), merge=True)
+                continue
+            dtype = spec.dtype or "auto"
+            choice = self.choice(info, spec.backend, dtype)
+            if choice.problems:
+                for message in choice.problems:
+                    log.add(Problem(record.line, "model.backend", message), merge=True)
+                continue
+            backend_name = choice.backend.name if choice.backend else None
+            key = _GroupKey(info.path, dtype, info.tokenizer, backend_name)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = self._new_group(info, choice, dtype, record.line)
+            group.records.append(PlannedRecord(record, self.params(record)))
+        planned_groups = [self._summarise(group) for group in groups.values()]
+        plan = Plan(
+            input=self.source,
+            records=len(records),
+            groups=tuple(g.summary for g in planned_groups),
+            problems=log.problems(),
+        )
+        return Planned(plan, planned_groups)
+
+    def _new_group(
+        self, info: CheckpointInfo, choice: BackendChoice, dtype: str, line: int
+    ) -> PlannedGroup:
+        request = self.request(dtype)
+        summary = PlanGroup(
+            checkpoint=str(info.path),
+            format=info.format,
+            step=info.step,
+            selected_because=info.selected_because,
+            backend=choice.backend.name if choice.backend else None,
+            backend_selected_because=choice.because or None,
+            dtype=dtype if dtype != "auto" else "auto (resolved at load)",
+            device=request.device if request.device != "auto" else "auto (resolved at load)",
+            tokenizer=str(info.tokenizer) if info.tokenizer else None,
+            eos_id=info.eos_id,
+            first_line=line,
+            context_length=info.context_length,
+            warnings=tuple(info.warnings) + tuple(choice.warnings),
+        )
+        return PlannedGroup(info, choice.backend, request, [], summary)
+
+    def _summarise(self, group: PlannedGroup) -> PlannedGroup:
+        info = group.info
+        budget = sum(r.params.max_new_tokens for r in group.records)
+        dtype_bytes = DTYPE_BYTES.get(group.request.dtype, 4)
+        weight_bytes = info.param_count * dtype_bytes if info.param_count else None
+        warnings = list(group.summary.warnings) + _context_warnings(group)
+        group.summary = attrs.evolve(
+            group.summary,
+            records=len(group.records),
+            token_budget=budget,
+            weight_bytes=weight_bytes,
+            warnings=tuple(warnings),
+        )
+        return group
+
+
+def _context_warnings(group: PlannedGroup) -> list[str]:
+    """Records that will (or may) run past the context, from a cheap bound on prompt tokens.
+
+    A byte-level token covers at least one byte and at most ``max_token_bytes`` bytes, so
+    ``bytes / max_token_bytes <= tokens <= bytes``: no prompt is tokenized while planning.
+    """
+    context = group.info.context_length
+    if not context:
+        return []
+    longest = group.info.details.get("max_token_bytes") or 1
+    will = may = 0
+    for planned in group.records:
+        n_bytes = len(planned.record.prompt.encode("utf-8"))
+        new = planned.params.max_new_tokens
+        if math.ceil(n_bytes / longest) + new > context:
+            will += 1
+        elif n_bytes + new > context:
+            may += 1
+    if not (will or may):
+        return []
+    parts = []
+    if will:
+        parts.append(f"{will} record(s) will run past the context of {context} tokens")
+    if may:
+        parts.append(f"{may} more may (prompt + max_new_tokens, from a cheap bound)")
+    return ["; ".join(parts) + "; the backend's context policy applies (see meta)"]

@@ -1,0 +1,54 @@
+"""The plan as text, for people."""
+
+from __future__ import annotations
+
+from gpt_simple_core.plan.model import Plan, PlanGroup
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "unknown"
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{n} B"  # pragma: no cover
+
+
+def _group_lines(number: int, group: PlanGroup) -> list[str]:
+    step = f", step {group.step}" if group.step is not None else ""
+    lines = [f"[{number}] {group.checkpoint} ({group.format}{step})"]
+    if group.selected_because:
+        lines.append(f"    picked: {group.selected_because}")
+    backend = group.backend or "none"
+    if group.backend_selected_because:
+        backend += f" ({group.backend_selected_because})"
+    lines.append(f"    backend: {backend}")
+    lines.append(f"    dtype: {group.dtype}; device: {group.device}")
+    eos = "none" if group.eos_id is None else str(group.eos_id)
+    lines.append(f"    tokenizer: {group.tokenizer or 'none'} (EOS id {eos})")
+    context = f"; context {group.context_length} tokens" if group.context_length else ""
+    lines.append(
+        f"    records: {group.records} (first on line {group.first_line}); "
+        f"token budget {group.token_budget}; weights ~{human_bytes(group.weight_bytes)}{context}"
+    )
+    lines.extend(f"    warning: {w}" for w in group.warnings)
+    return lines
+
+
+def render_text(plan: Plan) -> str:
+    """The plan, one block per group in load order, then problems if any."""
+    budget = sum(g.token_budget for g in plan.groups)
+    head = (
+        f"Plan for {plan.input or 'input'}: {plan.records} records in {len(plan.groups)} "
+        f"group(s) (one model load each), up to {budget} new tokens"
+    )
+    lines = [head]
+    for number, group in enumerate(plan.groups, 1):
+        lines.extend(_group_lines(number, group))
+    lines.extend(f"warning: {w}" for w in plan.warnings)
+    if plan.problems:
+        lines.append(f"{len(plan.problems)} problem(s):")
+        lines.extend(f"  {p.render()}" for p in plan.problems)
+    return "\n".join(lines) + "\n"

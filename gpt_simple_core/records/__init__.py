@@ -1,0 +1,1 @@
+"""Input records: the schema, strict structuring, and JSONL parsing."""

@@ -1,0 +1,208 @@
+"""Reading JSONL input into records, reporting every structural problem of the file at once."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+
+from gpt_simple_core.records.converter import structure_block
+from gpt_simple_core.records.problems import Problem
+from gpt_simple_core.records.schema import GenerationSpec, ModelSpec
+
+KNOWN_TOP_LEVEL = ("prompt", "model", "generation")
+RESERVED = ("completion", "error", "meta")  # output keys: an input carrying them is a mistake
+TYPO_MIN_LENGTH = 5
+TYPO_MAX_DISTANCE = 2
+
+T = TypeVar("T", ModelSpec, GenerationSpec)
+
+
+@attrs.frozen
+class Record:
+    """One input record. ``raw`` is the object as read (key order kept) for echoing."""
+
+    index: int
+    line: int
+    prompt: str
+    raw: dict[str, Any] = attrs.field(eq=False, repr=False)
+    model: ModelSpec | None = None
+    generation: GenerationSpec | None = None
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance (small strings only: top-level keys)."""
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+def _typo_of(key: str, record: dict[str, Any]) -> str | None:
+    """The known key ``key`` misspells, if it is long enough and that key is absent."""
+    if len(key) < TYPO_MIN_LENGTH or key in KNOWN_TOP_LEVEL:
+        return None
+    for known in KNOWN_TOP_LEVEL:
+        if known not in record and edit_distance(key, known) <= TYPO_MAX_DISTANCE:
+            return known
+    return None
+
+
+class _BlockCache:
+    """Sweeps repeat the same blocks on every line: structure each distinct one once."""
+
+    def __init__(self) -> None:
+        self._done: dict[tuple, Any] = {}
+
+    def structure(self, raw: Any, cls: type[T], path: str, line: int) -> tuple[T | None, list]:
+        try:  # types are part of the key: True == 1 must not share an entry
+            key = (cls, *((k, type(v), v) for k, v in raw.items()))
+            cached = self._done.get(key)
+        except (AttributeError, TypeError):  # not a dict, or unhashable values (lists)
+            return structure_block(raw, cls, path, line)
+        if cached is None:
+            cached, problems = structure_block(raw, cls, path, line)
+            if problems:
+                return None, problems
+            self._done[key] = cached
+        return cached, []
+
+
+def _merge_dtypes(
+    model: ModelSpec | None, generation: GenerationSpec, line: int | None
+) -> tuple[ModelSpec | None, GenerationSpec, list[Problem]]:
+    """``generation.dtype`` means the model dtype (the gpt-simple docs list it there)."""
+    if generation.dtype is None:
+        return model, generation, []
+    generation_only = attrs.evolve(generation, dtype=None)
+    if model is not None and model.dtype is not None and model.dtype != generation.dtype:
+        message = f"{generation.dtype} conflicts with model.dtype {model.dtype}"
+        return model, generation_only, [Problem(line, "generation.dtype", message)]
+    model = attrs.evolve(model or ModelSpec(), dtype=generation.dtype)
+    return model, generation_only, []
+
+
+def parse_generation(
+    raw: Any, path: str = "generation", line: int | None = None, cache: _BlockCache | None = None
+) -> tuple[GenerationSpec | None, list[Problem]]:
+    """A generation block (record, config file or CLI), with ``do_sample`` folded in."""
+    if cache is not None:
+        spec, problems = cache.structure(raw, GenerationSpec, path, line or 0)
+    else:
+        spec, problems = structure_block(raw, GenerationSpec, path, line)
+    if spec is None:
+        return None, problems
+    contradictions = [Problem(line, f"{path}.{f}", m) for f, m in spec.contradictions()]
+    if contradictions:
+        return None, contradictions
+    return spec.normalized(), []
+
+
+def parse_model(
+    raw: Any, path: str = "model", line: int | None = None, cache: _BlockCache | None = None
+) -> tuple[ModelSpec | None, list[Problem]]:
+    """A model block; ``checkpoint`` and ``output_dir`` exclude each other."""
+    if cache is not None:
+        spec, problems = cache.structure(raw, ModelSpec, path, line or 0)
+    else:
+        spec, problems = structure_block(raw, ModelSpec, path, line)
+    if spec is not None and spec.checkpoint is not None and spec.output_dir is not None:
+        message = "give checkpoint or output_dir, not both (either accepts either kind of folder)"
+        return None, [Problem(line, f"{path}.output_dir", message)]
+    return spec, problems
+
+
+class RecordParser:
+    """Turns JSON objects into :class:`Record` s. ``allow_blocks=False`` is ``generate``'s mode,
+    where ``model``/``generation`` belong on the command line."""
+
+    def __init__(self, *, allow_blocks: bool = True) -> None:
+        self.allow_blocks = allow_blocks
+        self._cache = _BlockCache()
+
+    def parse(self, obj: Any, index: int, line: int) -> tuple[Record | None, list[Problem]]:
+        if not isinstance(obj, dict):
+            kind = type(obj).__name__ if obj is not None else "null"
+            return None, [Problem(line, "", f"each line must be a JSON object, got {kind}")]
+        problems = self._top_level_problems(obj, line)
+        prompt = obj.get("prompt")
+        if "prompt" not in obj:
+            problems.append(Problem(line, "prompt", "is required"))
+        elif not isinstance(prompt, str):
+            problems.append(Problem(line, "prompt", "must be a string"))
+        model = generation = None
+        if self.allow_blocks:
+            if "model" in obj:
+                model, found = parse_model(obj["model"], line=line, cache=self._cache)
+                problems += found
+            if "generation" in obj:
+                generation, found = parse_generation(
+                    obj["generation"], line=line, cache=self._cache
+                )
+                problems += found
+            if generation is not None:
+                model, generation, found = _merge_dtypes(model, generation, line)
+                problems += found
+        if problems:
+            return None, problems
+        return Record(index, line, prompt, obj, model, generation), []
+
+    def _top_level_problems(self, obj: dict[str, Any], line: int) -> list[Problem]:
+        problems = []
+        for key in obj:
+            if key in RESERVED:
+                problems.append(Problem(line, key, "is an output key and cannot appear in input"))
+            elif not self.allow_blocks and key in ("model", "generation"):
+                problems.append(
+                    Problem(
+                        line,
+                        key,
+                        "per-record settings need `gpt-simple batch-generate`; "
+                        "`generate` takes them as command-line options",
+                    )
+                )
+            elif (known := _typo_of(key, obj)) is not None:
+                problems.append(Problem(line, key, f"unknown key (did you mean {known!r}?)"))
+        return problems
+
+
+def iter_json_lines(lines: Iterable[str]) -> Iterator[tuple[int, Any | Problem]]:
+    """(line number, parsed object or Problem) for each non-blank line."""
+    for number, text in enumerate(lines, 1):
+        if not text.strip():
+            continue
+        try:
+            yield number, json.loads(text)
+        except ValueError as exc:
+            yield number, Problem(number, "", f"invalid JSON: {exc}")
+
+
+def parse_lines(
+    lines: Iterable[str], *, allow_blocks: bool = True
+) -> tuple[list[Record], list[Problem]]:
+    """Every record of a JSONL stream and every problem in it."""
+    parser = RecordParser(allow_blocks=allow_blocks)
+    records: list[Record] = []
+    problems: list[Problem] = []
+    for number, obj in iter_json_lines(lines):
+        if isinstance(obj, Problem):
+            problems.append(obj)
+            continue
+        record, found = parser.parse(obj, len(records), number)
+        if record is None:
+            problems.extend(found)
+        else:
+            records.append(record)
+    return records, problems
+
+
+def read_jsonl(path: Path, *, allow_blocks: bool = True) -> tuple[list[Record], list[Problem]]:
+    """Parse a JSONL file (UTF-8)."""
+    with path.open(encoding="utf-8") as f:
+        return parse_lines(f, allow_blocks=allow_blocks)

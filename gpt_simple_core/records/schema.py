@@ -1,0 +1,197 @@
+"""The record schema: the ``model`` and ``generation`` blocks, with validation next to each field.
+
+Blocks hold what one layer *says* (``None``: not said), so layers can be stacked:
+built-in defaults < config file < command line < the record (:func:`stack`). The fully
+resolved :class:`GenerationParams` is what the engine runs and what the output echoes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import attrs
+
+DTYPE_ALIASES = {
+    "fp32": "fp32",
+    "float32": "fp32",
+    "f32": "fp32",
+    "fp16": "fp16",
+    "float16": "fp16",
+    "half": "fp16",
+    "bf16": "bf16",
+    "bfloat16": "bf16",
+    "auto": "auto",
+}
+DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+MAX_SEED = 2**64 - 1
+
+
+def normalize_dtype(value: str) -> str:
+    """Canonical dtype name for any accepted alias (``bfloat16`` -> ``bf16``)."""
+    try:
+        return DTYPE_ALIASES[value.lower()]
+    except KeyError:
+        raise ValueError(
+            f"unknown dtype {value!r} (use fp32, fp16, bf16 or auto, or an alias: "
+            f"{', '.join(k for k in DTYPE_ALIASES if k not in ('fp32', 'fp16', 'bf16', 'auto'))})"
+        ) from None
+
+
+# Validators (attrs signature). They see only set values: None means "not said here".
+def _check(predicate: Any, message: str) -> Any:
+    def validator(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value is not None and not predicate(value):
+            raise ValueError(message.format(value=value))
+
+    return validator
+
+
+def _dtype(instance: Any, attribute: attrs.Attribute, value: str | None) -> None:
+    if value is not None:
+        normalize_dtype(value)
+
+
+def _nonempty_strings(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and any(s == "" for s in value):
+        raise ValueError("stop strings must not be empty")
+
+
+def _token_ids(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and any(i < 0 for i in value):
+        raise ValueError("token ids must be >= 0")
+
+
+def _dtype_converter(value: Any) -> Any:
+    """Normalise aliases on the way in; unknown names are left for the validator to report."""
+    return DTYPE_ALIASES.get(value.lower(), value) if isinstance(value, str) else value
+
+
+@attrs.frozen(kw_only=True)
+class ModelSpec:
+    """Which model runs a record: ``checkpoint`` (or ``output_dir``: a run directory)."""
+
+    checkpoint: str | None = None
+    output_dir: str | None = None
+    dtype: str | None = attrs.field(default=None, converter=_dtype_converter, validator=_dtype)
+    tokenizer: str | None = None
+    backend: str | None = None
+
+    @property
+    def path(self) -> str | None:
+        """The path the user gave (both keys accept either kind of folder)."""
+        return self.checkpoint if self.checkpoint is not None else self.output_dir
+
+
+@attrs.frozen(kw_only=True)
+class GenerationSpec:
+    """Sampling parameters as one layer states them; ``None`` falls through to lower layers."""
+
+    max_new_tokens: int | None = attrs.field(
+        default=None, validator=_check(lambda v: v >= 1, "must be >= 1, got {value}")
+    )
+    temperature: float | None = attrs.field(
+        default=None, validator=_check(lambda v: v > 0, "must be > 0, got {value}")
+    )
+    top_k: int | None = attrs.field(
+        default=None, validator=_check(lambda v: v >= 0, "must be >= 0 (0 disables), got {value}")
+    )
+    top_p: float | None = attrs.field(
+        default=None, validator=_check(lambda v: 0 < v <= 1, "must be in (0, 1], got {value}")
+    )
+    min_p: float | None = attrs.field(
+        default=None, validator=_check(lambda v: 0 <= v < 1, "must be in [0, 1), got {value}")
+    )
+    greedy: bool | None = None
+    do_sample: bool | None = None
+    repetition_penalty: float | None = attrs.field(
+        default=None, validator=_check(lambda v: v > 0, "must be > 0, got {value}")
+    )
+    seed: int | None = attrs.field(
+        default=None,
+        validator=_check(lambda v: 0 <= v <= MAX_SEED, "must be in [0, 2**64), got {value}"),
+    )
+    return_full_text: bool | None = None
+    stop: tuple[str, ...] | None = attrs.field(default=None, validator=_nonempty_strings)
+    stop_token_ids: tuple[int, ...] | None = attrs.field(default=None, validator=_token_ids)
+    ignore_eos: bool | None = None
+    dtype: str | None = attrs.field(default=None, converter=_dtype_converter, validator=_dtype)
+
+    def contradictions(self) -> list[tuple[str, str]]:
+        """(field, message) pairs for settings that contradict each other within this block."""
+        if self.greedy is not None and self.do_sample is not None and self.greedy == self.do_sample:
+            return [
+                (
+                    "do_sample",
+                    f"contradicts greedy={str(self.greedy).lower()} "
+                    "(do_sample is the inverse of greedy; give one of them)",
+                )
+            ]
+        return []
+
+    def normalized(self) -> GenerationSpec:
+        """``do_sample`` folded into ``greedy`` (call after checking contradictions)."""
+        if self.do_sample is None:
+            return self
+        return attrs.evolve(self, greedy=not self.do_sample, do_sample=None)
+
+
+@attrs.frozen(kw_only=True)
+class GenerationParams:
+    """Fully resolved sampling parameters of one record (what runs, and what is echoed)."""
+
+    max_new_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    min_p: float
+    greedy: bool
+    repetition_penalty: float
+    seed: int
+    return_full_text: bool
+    stop: tuple[str, ...]
+    stop_token_ids: tuple[int, ...]
+    ignore_eos: bool
+
+    def to_json(self) -> dict[str, Any]:
+        """The effective ``generation`` block of the output (every key, seed included)."""
+        out = attrs.asdict(self)
+        out["stop"] = list(self.stop)
+        out["stop_token_ids"] = list(self.stop_token_ids)
+        return out
+
+
+#: The trainer CLI's defaults, so sweeps behave as its users expect.
+BUILTIN_GENERATION = GenerationSpec(
+    max_new_tokens=100,
+    temperature=0.8,
+    top_k=50,
+    top_p=0.95,
+    min_p=0.0,
+    greedy=False,
+    repetition_penalty=1.0,
+    return_full_text=False,
+    stop=(),
+    stop_token_ids=(),
+    ignore_eos=False,
+)
+
+Block = TypeVar("Block", ModelSpec, GenerationSpec)
+
+
+def stack(*layers: Block | None) -> Block:
+    """Merge layers field by field; later layers win where they say something."""
+    present = [layer for layer in layers if layer is not None]
+    merged: dict[str, Any] = {}
+    for layer in present:
+        for field in attrs.fields(type(layer)):
+            value = getattr(layer, field.name)
+            if value is not None:
+                merged[field.name] = value
+    return type(present[0])(**merged)
+
+
+def resolve_generation(spec: GenerationSpec, seed: int) -> GenerationParams:
+    """Turn a stacked spec (built-ins at the bottom) into the parameters that run."""
+    values = {f.name: getattr(spec, f.name) for f in attrs.fields(GenerationParams)}
+    values["seed"] = seed
+    return GenerationParams(**values)

@@ -1,0 +1,145 @@
+"""Run settings and their layers: built-ins < config file < command line < each record.
+
+A config file is ``--config FILE``, else ``gpt-simple.toml`` in the working directory, else the
+``[tool.gpt-simple]`` table of ``pyproject.toml`` there. It holds the run options below at the
+top level and the same ``[model]`` and ``[generation]`` tables as a record. A ``seed`` outside a
+record is a *run seed*: each record's seed is derived from it and the record's position.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from gpt_simple_core.errors import ConfigError
+from gpt_simple_core.records.converter import structure_block
+from gpt_simple_core.records.parse import parse_generation, parse_model
+from gpt_simple_core.records.problems import Problem
+from gpt_simple_core.records.schema import GenerationSpec, ModelSpec, stack
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+CONFIG_FILE = "gpt-simple.toml"
+PYPROJECT_TABLE = "gpt-simple"
+CONTEXT_OVERFLOW = ("extrapolate", "truncate")
+
+
+def _device(instance: Any, attribute: attrs.Attribute, value: str | None) -> None:
+    if value is None:
+        return
+    kind, _, index = value.partition(":")
+    if kind not in ("auto", "cpu", "cuda", "mps") or (index and not index.isdigit()):
+        raise ValueError(f"must be auto, cpu, cuda, cuda:N or mps, got {value!r}")
+
+
+def _positive(instance: Any, attribute: attrs.Attribute, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ValueError(f"must be >= 1, got {value}")
+
+
+def _overflow(instance: Any, attribute: attrs.Attribute, value: str | None) -> None:
+    if value is not None and value not in CONTEXT_OVERFLOW:
+        raise ValueError(f"must be one of {', '.join(CONTEXT_OVERFLOW)}, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class RunOptions:
+    """How the run executes (not per record)."""
+
+    device: str | None = attrs.field(default=None, validator=_device)
+    threads: int | None = attrs.field(default=None, validator=_positive)
+    batch_size: int | None = attrs.field(default=None, validator=_positive)
+    max_batch_tokens: int | None = attrs.field(default=None, validator=_positive)
+    context_overflow: str | None = attrs.field(default=None, validator=_overflow)
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    """One layer of settings (config file or command line), or several stacked."""
+
+    run: RunOptions = attrs.field(factory=RunOptions)
+    model: ModelSpec = attrs.field(factory=ModelSpec)
+    generation: GenerationSpec = attrs.field(factory=GenerationSpec)
+    source: str | None = None
+
+    def over(self, lower: Settings) -> Settings:
+        """This layer stacked on ``lower`` (this one wins where it says something)."""
+        return Settings(
+            run=stack(lower.run, self.run),
+            model=stack(lower.model, self.model),
+            generation=stack(lower.generation, self.generation),
+            source=self.source or lower.source,
+        )
+
+    @property
+    def run_seed(self) -> int | None:
+        return self.generation.seed
+
+
+def find_config_file(explicit: Path | None, cwd: Path) -> tuple[Path, str | None] | None:
+    """(file, table inside it) of the config in effect, or None."""
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ConfigError(f"config file {explicit} does not exist")
+        return explicit, (PYPROJECT_TABLE if explicit.name == "pyproject.toml" else None)
+    if (cwd / CONFIG_FILE).is_file():
+        return cwd / CONFIG_FILE, None
+    pyproject = cwd / "pyproject.toml"
+    if pyproject.is_file():
+        try:
+            data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError):
+            return None  # someone else's broken pyproject is not our business
+        if PYPROJECT_TABLE in data.get("tool", {}):
+            return pyproject, PYPROJECT_TABLE
+    return None
+
+
+def settings_from_mapping(data: Any, source: str) -> tuple[Settings, list[Problem]]:
+    """Validate a config table (``model``, ``generation`` sub-tables, run options on top)."""
+    if not isinstance(data, dict):
+        return Settings(), [Problem(None, "", "config must be a table")]
+    problems: list[Problem] = []
+    model = ModelSpec()
+    generation = GenerationSpec()
+    top = {k: v for k, v in data.items() if k not in ("model", "generation")}
+    run, found = structure_block(top, RunOptions, "", None)
+    problems += found
+    if "model" in data:
+        parsed, found = parse_model(data["model"])
+        model = parsed or model
+        problems += found
+    if "generation" in data:
+        parsed_gen, found = parse_generation(data["generation"])
+        problems += found
+        if parsed_gen is not None:
+            if parsed_gen.dtype is not None:
+                model = attrs.evolve(model, dtype=model.dtype or parsed_gen.dtype)
+            generation = attrs.evolve(parsed_gen, dtype=None)
+    settings = Settings(run=run or RunOptions(), model=model, generation=generation, source=source)
+    return settings, problems
+
+
+def load_config(explicit: Path | None, cwd: Path) -> Settings:
+    """The config-file layer (empty when there is none); problems raise :class:`ConfigError`."""
+    found = find_config_file(explicit, cwd)
+    if found is None:
+        return Settings()
+    path, table = found
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc}") from None
+    if table is not None:
+        data = data.get("tool", {}).get(table, {})
+    settings, problems = settings_from_mapping(data, str(path))
+    if problems:
+        where = f"{path} [tool.{table}]" if table else str(path)
+        raise ConfigError("\n".join(p.render(where) for p in problems))
+    return settings
