@@ -15,6 +15,7 @@ Every dimension comes from the file. :func:`read_header` checks a file from a fe
 
 from __future__ import annotations
 
+import math
 import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -185,13 +186,11 @@ def _walk_headers(f: BinaryIO, size: int, path: Path) -> HipGPTDims:
             raise _error(path, f"{problem} (HipGPT gives every layer the same H and F)")
 
     expected = dims.file_size
-    if size < expected:
-        missing = expected - size
-        problem = f"{dims.describe()} needs {expected:,} bytes, the file has {size:,}"
-        raise _error(path, f"truncated: {problem} ({missing:,} missing)")
-    if size > expected:
-        problem = f"{dims.describe()} needs {expected:,} bytes, the file has {size:,}"
-        raise _error(path, f"{size - expected:,} trailing bytes: {problem}")
+    if size != expected:
+        sizes = f"{dims.describe()} needs {expected:,} bytes, the file has {size:,}"
+        if size < expected:
+            raise _error(path, f"truncated: {sizes} ({expected - size:,} missing)")
+        raise _error(path, f"{size - expected:,} trailing bytes: {sizes}")
     return dims
 
 
@@ -203,11 +202,8 @@ class _Cursor:
         self.position = HEADER.size // FLOAT_BYTES
 
     def take(self, *shape: int) -> np.ndarray:
-        count = 1
-        for n in shape:
-            count *= n
         start = self.position
-        self.position += count
+        self.position += math.prod(shape)
         return self.buffer[start : self.position].reshape(shape)
 
     def skip_ints(self, count: int) -> None:

@@ -140,14 +140,14 @@ def _locate_run_folder(folder: Path) -> Located:
         because = f"{LATEST_LINK} in run folder {folder} (a regular file: step unknown)"
         return Located(link.resolve(), None, because, (folder,))
 
-    steps = [(step_of(c), c) for c in folder.iterdir() if step_of(c) is not None and c.is_file()]
+    steps = [(n, c) for c in folder.iterdir() if (n := step_of(c)) is not None and c.is_file()]
     if not steps:
         detail = f": {warnings[0]}" if warnings else ""
         raise CheckpointError(f"HipGPT run folder {folder} has no <run>_step<N>.bin file{detail}")
     step, chosen = max(steps, key=lambda entry: (entry[0], entry[1].name))
     because = f"highest step ({step}) of {len(steps)} step checkpoints in run folder {folder}"
     because += f" ({warnings[0]})" if warnings else f" (no {LATEST_LINK})"
-    return Located(chosen.resolve(), step, because, _unique([folder]), tuple(warnings))
+    return Located(chosen.resolve(), step, because, (folder,), tuple(warnings))
 
 
 def find_tokenizer(located: Located, override: Path | None) -> Path:

@@ -25,7 +25,7 @@ from gpt_simple_core.protocol import (
 )
 from gpt_simple_native.format import HipGPTDims, read_header, read_weights
 from gpt_simple_native.layout import find_tokenizer, locate
-from gpt_simple_native.tokenizer import HipGPTTokenizer, load_tokenizer
+from gpt_simple_native.tokenizer import HipGPTTokenizer, read_tokenizer
 
 if TYPE_CHECKING:
     import numpy as np
@@ -44,7 +44,7 @@ def check_tokenizer_fits(tokenizer: HipGPTTokenizer, dims: HipGPTDims, checkpoin
         )
 
 
-def inspect(path: Path, tokenizer: Path | None, load_tokenizer_now: bool) -> CheckpointInfo | None:
+def inspect(path: Path, tokenizer: Path | None, load_tokenizer: bool) -> CheckpointInfo | None:
     """Claim and check a HipGPT checkpoint from its headers (no weights read), else None."""
     located = locate(path)
     if located is None:
@@ -52,8 +52,8 @@ def inspect(path: Path, tokenizer: Path | None, load_tokenizer_now: bool) -> Che
     dims = read_header(located.file)
     tokenizer_file = find_tokenizer(located, tokenizer)
     details = {}
-    if load_tokenizer_now:
-        loaded = load_tokenizer(tokenizer_file)
+    if load_tokenizer:
+        loaded = read_tokenizer(tokenizer_file)
         check_tokenizer_fits(loaded, dims, located.file)
         details["tokenizer_format"] = loaded.format_version
     return CheckpointInfo(
@@ -158,7 +158,7 @@ class NativeBackend(Backend):
 
         if checkpoint.weights is None or checkpoint.tokenizer is None:
             raise CheckpointError(f"{checkpoint.path}: checkpoint has no weights or tokenizer")
-        tokenizer = load_tokenizer(checkpoint.tokenizer)
+        tokenizer = read_tokenizer(checkpoint.tokenizer)
         weights = read_weights(checkpoint.weights)
         check_tokenizer_fits(tokenizer, weights.dims, checkpoint.weights)
         return NativeModel(HipGPTModel(weights), tokenizer)

@@ -134,7 +134,7 @@ class HipGPTTokenizer:
         return "".join(self._pieces[i] for i in ids if 0 <= i < size)
 
 
-def load_tokenizer(path: Path) -> HipGPTTokenizer:
+def read_tokenizer(path: Path) -> HipGPTTokenizer:
     """Read a HipGPT ``tokenizer.json`` (v1 or v2); :class:`TokenizerError` names the file."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

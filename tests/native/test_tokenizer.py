@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gpt_simple_native.tokenizer import HipGPTTokenizer, load_tokenizer
+from gpt_simple_native.tokenizer import HipGPTTokenizer, read_tokenizer
 
 from gpt_simple_core.errors import TokenizerError
 from gpt_simple_core.protocol import Tokenizer
@@ -16,7 +16,7 @@ from tests.native.hipgpt_writer import write_tokenizer
 
 @pytest.fixture(scope="module")
 def reference_tokenizer(native_reference: Path) -> HipGPTTokenizer:
-    return load_tokenizer(native_reference / "tokenizer.json")
+    return read_tokenizer(native_reference / "tokenizer.json")
 
 
 def test_protocol_and_size(reference_tokenizer: HipGPTTokenizer) -> None:
@@ -91,8 +91,8 @@ def test_caches_words(reference_tokenizer: HipGPTTokenizer) -> None:
 
 
 def test_load_v1_and_v2_files(tmp_path: Path) -> None:
-    v1 = load_tokenizer(write_tokenizer(tmp_path / "v1.json", ["a", "a</w>"]))
-    v2 = load_tokenizer(write_tokenizer(tmp_path / "v2.json", ["a", "a</w>"], []))
+    v1 = read_tokenizer(write_tokenizer(tmp_path / "v1.json", ["a", "a</w>"]))
+    v2 = read_tokenizer(write_tokenizer(tmp_path / "v2.json", ["a", "a</w>"], []))
     assert (v1.format_version, v2.format_version) == ("v1", "v2")
     assert v1.path == tmp_path / "v1.json"
 
@@ -112,11 +112,11 @@ def test_rejects_malformed_files(tmp_path: Path, content: str, fragment: str) ->
     path = tmp_path / "tokenizer.json"
     path.write_text(content, encoding="utf-8")
     with pytest.raises(TokenizerError) as info:
-        load_tokenizer(path)
+        read_tokenizer(path)
     assert str(path) in str(info.value)
     assert fragment in str(info.value)
 
 
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(TokenizerError, match="cannot read tokenizer"):
-        load_tokenizer(tmp_path / "tokenizer.json")
+        read_tokenizer(tmp_path / "tokenizer.json")
