@@ -166,6 +166,7 @@ class NativeBackend(Backend):
 
 @hookimpl
 def gpt_simple_register_backends(register: Callable[[Backend], None]) -> None:
+    """Register the ``native`` backend."""
     register(NativeBackend())
 
 
@@ -173,4 +174,5 @@ def gpt_simple_register_backends(register: Callable[[Backend], None]) -> None:
 def gpt_simple_inspect_checkpoint(
     path: Path, tokenizer: Path | None, load_tokenizer: bool
 ) -> CheckpointInfo | None:
+    """Claim HipGPT checkpoints (see :mod:`gpt_simple_native.layout`)."""
     return inspect(path, tokenizer, load_tokenizer)

@@ -46,7 +46,9 @@ class WindowSpy:
         monkeypatch.setattr(model.model, "last_logits", spy)
 
 
-def greedy(model: NativeModel, rows: Sequence[int], prompts: Sequence[list[int]], steps: int):
+def greedy(
+    model: NativeModel, rows: Sequence[int], prompts: Sequence[list[int]], steps: int
+) -> list[list[int]]:
     """Greedy continuation of several rows at once: ids generated per row."""
     logits = model.forward(rows, prompts)
     generated: list[list[int]] = [[] for _ in rows]
