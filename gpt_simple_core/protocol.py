@@ -101,7 +101,9 @@ class LoadedModel(ABC):
     * ``dtype`` and ``device``: what actually ran (``auto`` resolved), echoed in ``meta``;
     * ``context_length``: positions the model was trained for, or ``None`` if unbounded;
     * ``context_overflow``: one of the ``OVERFLOW_*`` policies, what happens past it;
-    * ``notes``: JSON-ready facts about this model for every record's ``meta``.
+    * ``notes``: JSON-ready facts about this model for every record's ``meta``;
+    * ``prefill_in_chunks``: whether a long prompt may arrive over several calls (set it to
+      False when the first call must see the whole prompt, e.g. to trim it to a window).
     """
 
     tokenizer: Tokenizer
@@ -110,13 +112,15 @@ class LoadedModel(ABC):
     context_length: int | None = None
     context_overflow: str = OVERFLOW_EXTRAPOLATE
     notes: Mapping[str, Any] = {}
+    prefill_in_chunks: bool = True
 
     @abstractmethod
     def forward(self, rows: Sequence[int], tokens: Sequence[Sequence[int]]) -> np.ndarray:
         """Append ``tokens[i]`` to row ``rows[i]`` and return next-token logits.
 
         A row not seen since it was last released starts empty, so its first call carries its
-        whole prompt (or the first chunk of it); later calls usually carry one token. Rows in
+        whole prompt (or its first chunk, unless ``prefill_in_chunks`` is False); later calls
+        usually carry one token. Rows in
         one call may have different numbers of new tokens. Returns a float32 array of shape
         ``[len(rows), vocab]``: the logits at the last position of each row, in ``rows`` order.
         Row ids are small non-negative integers below the core's batch size.

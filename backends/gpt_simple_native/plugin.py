@@ -88,6 +88,7 @@ class NativeModel(LoadedModel):
         self.context_length = model.dims.S
         self.context_overflow = OVERFLOW_WINDOW
         self.notes = {"window": model.dims.S, "tokenizer_format": tokenizer.format_version}
+        self.prefill_in_chunks = False  # the first call must see the whole prompt to trim it
         self._rows: dict[int, list[int]] = {}
 
     def forward(self, rows: Sequence[int], tokens: Sequence[Sequence[int]]) -> np.ndarray:
@@ -122,7 +123,7 @@ class NativeBackend(Backend):
     """Runs HipGPT ``gpt_checkpoint.bin`` files on the CPU with numpy, in float32."""
 
     name = "native"
-    formats = {FORMAT: AUTO}  # noqa: RUF012 - a ClassVar declared on Backend
+    formats = {FORMAT: AUTO}
     dtypes = ("fp32",)
     devices = ("cpu",)
     requires = ("numpy",)

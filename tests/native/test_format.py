@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gpt_simple_native.format import read_header, read_weights
 
 from gpt_simple_core.errors import CheckpointError
+from gpt_simple_native.format import read_header, read_weights
 from tests.native.hipgpt_writer import LAYER_ORDER, TinyHipGPT, random_model
 
 # Small, but with an odd layer count, H != 4 and F unrelated to E.

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gpt_simple_native.plugin import NativeBackend, NativeModel, inspect
 
 from gpt_simple_core.protocol import OVERFLOW_WINDOW, LoadRequest
+from gpt_simple_native.plugin import NativeBackend, NativeModel, inspect
 from tests.native.hipgpt_writer import random_model, write_tokenizer
 
 

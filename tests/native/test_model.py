@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from gpt_simple_native.format import read_weights
 from gpt_simple_native.model import HipGPTModel, dropout_keep_mask
-
 from tests.native.hipgpt_writer import TinyHipGPT, random_model
 
 # prompt number of logits_prompt{n}.f32 -> its prompt (spec section 6)

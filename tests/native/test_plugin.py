@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pluggy
 import pytest
-from gpt_simple_native import plugin
-from gpt_simple_native.plugin import NativeBackend, NativeModel, inspect
 
 from gpt_simple_core import hookspecs
 from gpt_simple_core.checkpoints import gpt_simple_layout
 from gpt_simple_core.checkpoints.info import CheckpointInfo
 from gpt_simple_core.errors import CheckpointError, TokenizerError
 from gpt_simple_core.protocol import Backend, LoadRequest
+from gpt_simple_native import plugin
+from gpt_simple_native.plugin import NativeBackend, NativeModel, inspect
 from tests.native.hipgpt_writer import character_tokens, random_model, write_tokenizer
 from tests.support.checkpoints import write_checkpoint, write_run_dir
 

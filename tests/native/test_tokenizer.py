@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gpt_simple_native.tokenizer import HipGPTTokenizer, read_tokenizer
 
 from gpt_simple_core.errors import TokenizerError
 from gpt_simple_core.protocol import Tokenizer
+from gpt_simple_native.tokenizer import HipGPTTokenizer, read_tokenizer
 from tests.native.hipgpt_writer import write_tokenizer
 
 
