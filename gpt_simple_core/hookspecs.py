@@ -21,7 +21,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from gpt_simple_core.checkpoints.info import CheckpointInfo
-    from gpt_simple_core.protocol import Backend
+    from gpt_simple_core.protocol import Backend, Exporter
 
 PROJECT = "gpt_simple"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -51,3 +51,9 @@ def gpt_simple_inspect_checkpoint(
     :class:`~gpt_simple_core.errors.CheckpointError` naming the paths tried when something is
     wrong. Never load weights and never import a heavy runtime here: the dry-run calls it.
     """
+
+
+@hookspec
+def gpt_simple_register_exporters(register: Callable[[Exporter], None]) -> None:
+    """Register checkpoint exporters (``gpt-simple export --format NAME``) by calling
+    ``register(exporter)`` once per :class:`~gpt_simple_core.protocol.Exporter`."""

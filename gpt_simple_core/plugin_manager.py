@@ -19,7 +19,7 @@ import structlog
 from gpt_simple_core import hookspecs, logs
 from gpt_simple_core.checkpoints.info import CheckpointInfo
 from gpt_simple_core.errors import BackendError
-from gpt_simple_core.protocol import Backend
+from gpt_simple_core.protocol import Backend, Exporter
 
 ENTRY_POINT_GROUP = "gpt_simple"
 PINS_ENV_VAR = "GPT_SIMPLE_PLUGINS"
@@ -99,6 +99,19 @@ def get_backends() -> dict[str, Backend]:
         found[backend.name] = backend
 
     get_plugin_manager().hook.gpt_simple_register_backends(register=register)
+    return found
+
+
+def get_exporters() -> dict[str, Exporter]:
+    """Every registered exporter by ``--format`` name."""
+    found: dict[str, Exporter] = {}
+
+    def register(exporter: Exporter) -> None:
+        if exporter.name in found:
+            raise BackendError(f"two plugins register an exporter named {exporter.name!r}")
+        found[exporter.name] = exporter
+
+    get_plugin_manager().hook.gpt_simple_register_exporters(register=register)
     return found
 
 

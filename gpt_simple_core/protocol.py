@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.util
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import attrs
@@ -213,3 +214,33 @@ class Backend(ABC):
         """Extra facts for ``gpt-simple backends`` (e.g. execution providers). Called only
         when the dependencies are installed; may import the runtime."""
         return {}
+
+
+@attrs.frozen
+class ExportOptions:
+    """What ``gpt-simple export`` asks for; exporters reject what they cannot do."""
+
+    dtype: str = "fp32"
+    quantize: str | None = None
+    opset: int | None = None
+
+
+class Exporter(ABC):
+    """Writes a checkpoint in another format (``gpt-simple export CHECKPOINT --format NAME``).
+
+    ``name`` is the ``--format`` value; ``formats`` the source checkpoint formats it reads;
+    ``requires`` the import names it needs (checked before exporting).
+    """
+
+    name: ClassVar[str]
+    formats: ClassVar[tuple[str, ...]]
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    def missing_dependencies(self) -> list[str]:
+        return [name for name in self.requires if importlib.util.find_spec(name) is None]
+
+    @abstractmethod
+    def export(
+        self, checkpoint: CheckpointInfo, out: Path, options: ExportOptions
+    ) -> Mapping[str, Any]:
+        """Write the export into ``out`` (a new folder) and return a JSON-ready summary."""

@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Sequence
 
 from gpt_simple_core import __version__, logs
-from gpt_simple_core.cli import backends_cmd, batch_generate, generate, validate
+from gpt_simple_core.cli import backends_cmd, batch_generate, export, generate, validate
 from gpt_simple_core.errors import GptSimpleError
 
 EXIT_OK = 0
@@ -32,7 +32,7 @@ exit status:
   130  interrupted (Ctrl-C); 143 terminated (SIGTERM): finished records are kept
 """
 
-COMMANDS = (generate, batch_generate, validate, backends_cmd)
+COMMANDS = (generate, batch_generate, validate, backends_cmd, export)
 
 
 def build_parser() -> argparse.ArgumentParser:
