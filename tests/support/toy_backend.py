@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import numpy as np
 
 from gpt_simple_core.checkpoints.info import CheckpointInfo
@@ -123,6 +124,14 @@ class ToyBackend(Backend):
     dtypes = ("fp32", "fp16")
     devices = ("cpu",)
     loaded: list[ToyModel] = []
+
+    def resolve(self, request: LoadRequest) -> LoadRequest:
+        """``auto`` is fp32 on cpu, as ``load`` runs it (so the core can merge groups)."""
+        return attrs.evolve(
+            request,
+            dtype="fp32" if request.dtype == AUTO else request.dtype,
+            device="cpu" if request.device == AUTO else request.device,
+        )
 
     def load(self, checkpoint: CheckpointInfo, request: LoadRequest) -> ToyModel:
         if checkpoint.config.get("fail_load"):
