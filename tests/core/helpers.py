@@ -13,6 +13,9 @@ from typing import Any
 import pytest
 
 from gpt_simple_core.cli.main import main
+from gpt_simple_core.hookspecs import hookimpl
+from gpt_simple_core.plugin_manager import get_plugin_manager
+from gpt_simple_core.protocol import AUTO, Backend
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,3 +75,30 @@ def run_toy_cli(
         timeout=timeout,
         check=False,
     )
+
+
+class PlanOnlyBackend(Backend):
+    """Claims gpt-simple checkpoints for planning; loading is not its business."""
+
+    name = "plan-only"
+    formats = {"gpt-simple": AUTO}
+    dtypes = ("fp32", "fp16", "bf16")
+    devices = ("cpu",)
+
+    def load(self, checkpoint: Any, request: Any) -> Any:
+        raise RuntimeError("plan-only backend cannot load")
+
+
+class _BackendsPlugin:
+    def __init__(self, backends: Sequence[Backend]) -> None:
+        self.backends = backends
+
+    @hookimpl
+    def gpt_simple_register_backends(self, register: Any) -> None:
+        for backend in self.backends:
+            register(backend)
+
+
+def register_backends(*backends: Backend, name: str = "test-backends") -> None:
+    """Register backend instances as a plugin of the current plugin manager."""
+    get_plugin_manager().register(_BackendsPlugin(backends), name=name)
