@@ -42,6 +42,21 @@ def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def run_batch(
+    capsys: pytest.CaptureFixture[str], folder: Path, records: Iterable[dict | str], *flags: str
+) -> tuple[int, list[dict[str, Any]], str]:
+    """``batch-generate`` over ``records`` in this process, output to a file:
+    (exit status, output records, stderr). Nothing may reach stdout."""
+    source = write_jsonl(folder / "in.jsonl", records)
+    output = folder / "out.jsonl"
+    output.unlink(missing_ok=True)
+    code, out, err = cli(
+        capsys, "batch-generate", "--input", str(source), "--output", str(output), *flags
+    )
+    assert out == ""
+    return code, (read_jsonl(output) if output.exists() else []), err
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment of a subprocess CLI run: this checkout importable, no entry points."""
     env = dict(os.environ)

@@ -9,7 +9,7 @@ import pytest
 from gpt_simple_core.errors import ConfigError
 from gpt_simple_core.records.seeds import DERIVED_SEED_BITS, derive_seed
 from gpt_simple_core.settings import load_config
-from tests.core.helpers import cli, read_jsonl, write_jsonl
+from tests.core.helpers import run_batch
 
 BUILTINS = {
     "max_new_tokens": 100,
@@ -24,16 +24,6 @@ BUILTINS = {
     "stop_token_ids": [],
     "ignore_eos": False,
 }
-
-
-def run_batch(capsys, tmp_path: Path, records, *flags: str) -> tuple[int, list[dict], str]:
-    source = write_jsonl(tmp_path / "in.jsonl", records)
-    output = tmp_path / "out.jsonl"
-    code, out, err = cli(
-        capsys, "batch-generate", "--input", str(source), "--output", str(output), *flags
-    )
-    assert out == ""
-    return code, (read_jsonl(output) if output.exists() else []), err
 
 
 def generation_of(record: dict) -> dict:
