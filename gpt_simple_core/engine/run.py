@@ -31,8 +31,13 @@ from gpt_simple_core.settings import Settings
 log = structlog.get_logger(__name__)
 
 
-class Terminated(Exception):
-    """SIGTERM arrived (e.g. Slurm preemption): stop, keeping what is finished."""
+class Terminated(BaseException):
+    """SIGTERM arrived (e.g. Slurm preemption): stop, keeping what is finished.
+
+    A ``BaseException`` (like ``KeyboardInterrupt``): the signal usually lands inside a
+    backend's forward call, and the loop's per-record ``except Exception`` must not turn it
+    into a record error and carry on.
+    """
 
 
 @attrs.define
