@@ -94,7 +94,7 @@ def find_config_file(explicit: Path | None, cwd: Path) -> tuple[Path, str | None
     if pyproject.is_file():
         try:
             data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError):
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
             return None  # someone else's broken pyproject is not our business
         if PYPROJECT_TABLE in data.get("tool", {}):
             return pyproject, PYPROJECT_TABLE
@@ -134,7 +134,7 @@ def load_config(explicit: Path | None, cwd: Path) -> Settings:
     path, table = found
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config: {exc}") from None
     if table is not None:
         data = data.get("tool", {}).get(table, {})
