@@ -119,8 +119,12 @@ def settings_from_mapping(data: Any, source: str) -> tuple[Settings, list[Proble
         parsed_gen, found = parse_generation(data["generation"])
         problems += found
         if parsed_gen is not None:
-            if parsed_gen.dtype is not None:
-                model = attrs.evolve(model, dtype=model.dtype or parsed_gen.dtype)
+            dtype = parsed_gen.dtype
+            if dtype is not None and model.dtype is not None and model.dtype != dtype:
+                message = f"{dtype} conflicts with model.dtype {model.dtype}"
+                problems.append(Problem(None, "generation.dtype", message))
+            if dtype is not None:
+                model = attrs.evolve(model, dtype=model.dtype or dtype)
             generation = attrs.evolve(parsed_gen, dtype=None)
     settings = Settings(run=run or RunOptions(), model=model, generation=generation, source=source)
     return settings, problems
