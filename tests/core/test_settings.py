@@ -167,6 +167,19 @@ def test_config_model_dtype_and_generation_dtype(tmp_path):
     settings = load_config(None, tmp_path)
     assert settings.model.dtype == "bf16"
     assert settings.generation.dtype is None
+    Path("gpt-simple.toml").write_text(
+        "[model]\ndtype = 'bf16'\n[generation]\ndtype = 'bfloat16'\n"
+    )
+    assert load_config(None, tmp_path).model.dtype == "bf16"
+
+
+def test_config_generation_dtype_conflicting_with_model_dtype_is_an_error(tmp_path):
+    """As in a record: the config file holds the same blocks, with the same rules."""
+    Path("gpt-simple.toml").write_text("[model]\ndtype = 'fp16'\n[generation]\ndtype = 'bf16'\n")
+    with pytest.raises(
+        ConfigError, match=r"generation\.dtype: bf16 conflicts with model\.dtype fp16"
+    ):
+        load_config(None, tmp_path)
 
 
 # Seeds ---------------------------------------------------------------------------------
