@@ -167,6 +167,12 @@ def test_exit_status_0_when_every_record_completes(tmp_path, capsys, ckpts):
     assert code == 0 and all("completion" in o for o in outputs)
 
 
+def test_an_empty_input_is_a_successful_empty_run(tmp_path, capsys, ckpts):
+    ckpts("m")
+    code, outputs, _ = run_batch(capsys, tmp_path, ["", "  "], "--checkpoint", "m")
+    assert (code, outputs, ToyBackend.loaded) == (0, [], [])
+
+
 # Seeds ----------------------------------------------------------------------------------
 SEEDED = [
     rec("the try statement", seed=11, max_new_tokens=12),

@@ -155,20 +155,22 @@ def test_different_tokenizers_make_different_groups(two_models, tmp_path):
 def test_environment_variables_inside_records(two_models, tmp_path, monkeypatch):
     run, _ = two_models
     monkeypatch.setenv("RUNS", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
     planned = make_plan(
         [
             {"prompt": "x", "model": {"checkpoint": "$RUNS/runA"}},
             {"prompt": "x", "model": {"checkpoint": "${RUNS}/runA"}},
+            {"prompt": "x", "model": {"output_dir": "~/runA"}},
             {"prompt": "x", "model": {"checkpoint": "$NOT_SET_ANYWHERE/runA"}},
             {"prompt": "x", "model": {"checkpoint": "$NOT_SET_ANYWHERE/runA"}},
         ]
     )
     (group,) = planned.plan.groups
-    assert group.records == 2
+    assert group.records == 3
     assert group.checkpoint == str(run / "checkpoints" / "checkpoint-20")
     (problem,) = planned.plan.problems
-    assert (problem.line, problem.field) == (3, "model.checkpoint")
+    assert (problem.line, problem.field) == (4, "model.checkpoint")
     assert "environment variable NOT_SET_ANYWHERE is not set" in problem.message
     assert problem.count == 2
     assert problem.render().endswith("(and 1 more records)")
