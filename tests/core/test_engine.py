@@ -255,6 +255,7 @@ def test_stop_token_ids_are_left_out(tmp_path, capsys, ckpts):
     [
         ("lo w", "hel"),  # four tokens long
         (["zz", "o w", "ld"], "hell"),  # the earliest match wins
+        (["llo", "lo"], "he"),  # both match on one token: cut at the earlier one
         ("he", ""),  # at the very start
         ("hello world!", "hello world"),  # never completes
     ],
@@ -275,6 +276,23 @@ def test_stop_strings_are_matched_on_generated_text_only(tmp_path, capsys, ckpts
     )
     assert out["completion"] == "lo world"
     assert out["meta"]["finish_reason"] == "length"
+
+
+def test_repetition_penalty_covers_the_prompt_and_the_generated_tokens(tmp_path, capsys, ckpts):
+    ckpts("m", script="a")  # +50 on "a" at every step
+    penalised = {"greedy": True, "repetition_penalty": 1000.0}
+    records = [
+        rec("b", max_new_tokens=1, **penalised),  # "a" not seen yet: it wins
+        rec("a", max_new_tokens=1, **penalised),  # "a" is in the prompt: 50/1000 loses
+        rec("b", max_new_tokens=2, **penalised),  # "a" generated once, then penalised
+        rec("a", max_new_tokens=3, greedy=True),  # no penalty: "a" throughout
+    ]
+    _, outputs, _ = run_batch(capsys, tmp_path, records, "--checkpoint", "m")
+    first, second, third, plain = completions(outputs)
+    assert first == "a"
+    assert not second.startswith("a")
+    assert third.startswith("a") and not third[1:].startswith("a")
+    assert plain == "aaa"
 
 
 def test_return_full_text(tmp_path, capsys, ckpts):

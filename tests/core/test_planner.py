@@ -109,6 +109,14 @@ def test_device_and_dtype_defaults_come_from_settings(two_models):
     assert group.device == "cpu" and group.dtype == "fp16"
 
 
+def test_naming_the_backend_auto_would_pick_does_not_split_a_group(two_models):
+    run, _ = two_models
+    named = {"prompt": "x", "model": {"checkpoint": str(run), "backend": "plan-only"}}
+    (group,) = make_plan([record(run), named]).plan.groups
+    assert group.records == 2
+    assert group.backend_selected_because.startswith("auto")  # the first record's reason
+
+
 def test_default_model_and_its_tokenizer(two_models, tmp_path):
     run, ckpt_b = two_models
     from tests.support.checkpoints import write_tokenizer

@@ -212,6 +212,7 @@ def test_ordinary_extra_keys_pass(key):
         ({"promt": "p", "prompt": "p"}, None, None),  # prompt present: promt is an extra key
         ({"prompt": "p", "modle": {}}, "modle", "model"),
         ({"prompt": "p", "model": {}, "modle": 1}, None, None),
+        ({"prompt": "p", "modl": {}}, None, None),  # 4 characters: an ordinary extra key
     ],
 )
 def test_top_level_typos(obj, key, known):
