@@ -118,6 +118,24 @@ def test_a_failing_record_does_not_change_its_neighbours(tmp_path, capsys, ckpts
     assert all(len(c) == 6 for c in completions(alone) if "z" not in c)
 
 
+def test_a_row_failing_mid_decode_leaves_its_neighbours_state_intact(tmp_path, capsys, ckpts):
+    """The failing call is replayed row by row from each row's full history."""
+    ckpts("m", script="abcdefgzzz", poison="z")
+    records = [
+        rec("x", max_new_tokens=20),  # fails when it feeds its 8th token, "z"
+        rec("x", max_new_tokens=1),  # frees its slot at once...
+        rec("x", max_new_tokens=8),  # ...for this one, one token behind the first
+    ]
+    code, outputs, _ = run_batch(
+        capsys, tmp_path, records, "--checkpoint", "m", "--batch-size", "2"
+    )
+    assert code == 1
+    assert outputs[0]["error"]["message"] == "poisoned row 0"
+    assert completions(outputs)[1:] == ["a", "abcdefgz"]
+    # the third record was in the failing call: it was replayed, not restarted
+    assert [0, 1] in ToyBackend.loaded[0].calls
+
+
 def test_a_record_failing_mid_generation_gets_an_error(tmp_path, capsys, ckpts):
     ckpts("m", poison="q", script="abq")
     code, (out,), _ = run_batch(
@@ -420,7 +438,7 @@ def test_scheduler_chunks_long_prompts_under_the_token_budget(toy_ckpt):
     from tests.core.test_sampler import params
     from tests.support.toy_backend import ToyModel
 
-    model = ToyModel({"script": "ab"}, LoadRequest())
+    model = ToyModel({"script": "abcd"}, LoadRequest())
     done = []
     planned = [
         PlannedRecord(Record(i, i + 1, p, {"prompt": p}), params(max_new_tokens=2, seed=i))

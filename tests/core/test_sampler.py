@@ -197,6 +197,10 @@ def test_inverse_cdf_draw_in_token_id_order():
     assert draw(ids, values, 0.7 + eps) == 4
     assert draw(ids, values, 1.0 - eps) == 4
     assert draw(np.array([7]), np.array([0.0]), 0.999) == 7
+    # exactly on a boundary: the first id whose cumulative probability *exceeds* u
+    assert draw(np.array([3, 8]), np.array([0.0, 0.0]), 0.5) == 8
+    # so a token whose probability underflows to 0 is never drawn, even with u = 0
+    assert draw(np.array([1, 2]), np.array([-1000.0, 0.0]), 0.0) == 2
 
 
 def test_greedy_is_argmax_with_ties_to_the_lowest_id():
