@@ -8,6 +8,8 @@ bonus on the next character of a ``script`` when one is set (so text can be stee
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from gpt_simple_core.engine.scheduler import GroupScheduler
@@ -179,10 +181,12 @@ def test_a_prompt_without_tokens_is_a_record_error(tmp_path, capsys, ckpts):
 
 def test_exit_status_0_when_every_record_completes(tmp_path, capsys, ckpts):
     ckpts("m")
+    handler = signal.getsignal(signal.SIGTERM)
     code, outputs, _ = run_batch(
         capsys, tmp_path, [rec("abc", max_new_tokens=3)] * 3, "--checkpoint", "m"
     )
     assert code == 0 and all("completion" in o for o in outputs)
+    assert signal.getsignal(signal.SIGTERM) is handler  # the run's SIGTERM handler is undone
 
 
 def test_an_empty_input_is_a_successful_empty_run(tmp_path, capsys, ckpts):
