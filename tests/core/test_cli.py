@@ -351,6 +351,19 @@ def test_bad_input_exits_2_without_a_traceback(tmp_path, toy, capsys, argv, expe
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("output", [".", "file.txt/out.jsonl"])
+def test_an_output_that_cannot_be_written(tmp_path, toy, capsys, output):
+    write_toy_checkpoint(tmp_path / "m")
+    Path("file.txt").write_text("a file, not a folder")
+    code, out, err = cli(
+        capsys, "generate", "--prompt", "a", "--checkpoint", "m", "--output", output
+    )
+    assert code == 2 and out == ""
+    assert f"gpt-simple: error: cannot write output {output}" in err
+    assert "Traceback" not in err
+    assert toy.loaded == []  # checked before anything loads
+
+
 def test_invalid_utf8_and_lone_surrogates_are_problems_of_their_line(tmp_path, toy, capsys):
     write_toy_checkpoint(tmp_path / "m")
     source = tmp_path / "in.jsonl"
