@@ -11,11 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tokenizers import Tokenizer as HF
+from tokenizers import models, pre_tokenizers
 
 from gpt_simple_core.cli.main import main
 from gpt_simple_core.hookspecs import hookimpl
 from gpt_simple_core.plugin_manager import get_plugin_manager
 from gpt_simple_core.protocol import AUTO, Backend
+from gpt_simple_core.records.schema import GenerationParams
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -117,3 +120,36 @@ class _BackendsPlugin:
 def register_backends(*backends: Backend, name: str = "test-backends") -> None:
     """Register backend instances as a plugin of the current plugin manager."""
     get_plugin_manager().register(_BackendsPlugin(backends), name=name)
+
+
+def generation_params(**overrides: Any) -> GenerationParams:
+    """Resolved sampling parameters: plain sampling (no top-k/top-p/min-p), seed 0."""
+    values = {
+        "max_new_tokens": 10,
+        "temperature": 1.0,
+        "top_k": 0,
+        "top_p": 1.0,
+        "min_p": 0.0,
+        "greedy": False,
+        "repetition_penalty": 1.0,
+        "seed": 0,
+        "return_full_text": False,
+        "stop": (),
+        "stop_token_ids": (),
+        "ignore_eos": False,
+    }
+    values.update(overrides)
+    return GenerationParams(**values)
+
+
+def word_tokenizer(folder: Path, words: list[str], special: list[str], **side_files) -> Path:
+    """A word-level tokenizer with ``special`` added as special tokens, plus side files."""
+    vocab = {w: i for i, w in enumerate(["[UNK]", *words])}
+    tokenizer = HF(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.add_special_tokens(special)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    for name, content in side_files.items():
+        (folder / f"{name}.json").write_text(json.dumps(content))
+    return folder

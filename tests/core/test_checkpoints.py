@@ -12,6 +12,7 @@ import pytest
 
 from gpt_simple import ValidatedCheckpoint, validate_checkpoint
 from gpt_simple_core.checkpoints.gpt_simple_layout import select_checkpoint
+from gpt_simple_core.checkpoints.model_config import ModelConfig
 from gpt_simple_core.checkpoints.resolve import expand_path, resolve_checkpoint
 from gpt_simple_core.errors import CheckpointError, TokenizerError
 from tests.core.helpers import cli
@@ -26,8 +27,6 @@ from tests.support.checkpoints import (
 
 def add_checkpoint(run: Path, name: str, step: int | None = None, **kwargs) -> Path:
     """Another checkpoint in an existing run directory (same config as the others)."""
-    from gpt_simple_core.checkpoints.model_config import ModelConfig
-
     config = ModelConfig(**json.loads((run / "config.json").read_text())["model"])
     return write_checkpoint(
         run / "checkpoints" / name, config, step=step, tokenizer=False, **kwargs

@@ -13,9 +13,12 @@ import signal
 import pytest
 
 from gpt_simple_core.engine.scheduler import GroupScheduler
+from gpt_simple_core.plan.planner import PlannedRecord
+from gpt_simple_core.protocol import LoadRequest
+from gpt_simple_core.records.parse import Record
 from gpt_simple_core.records.seeds import derive_seed
-from tests.core.helpers import run_batch
-from tests.support.toy_backend import ALPHABET, ToyBackend, write_toy_checkpoint
+from tests.core.helpers import generation_params, run_batch
+from tests.support.toy_backend import ALPHABET, ToyBackend, ToyModel, write_toy_checkpoint
 
 
 @pytest.fixture
@@ -434,18 +437,14 @@ def test_output_record_shape(tmp_path, capsys, ckpts):
     assert set(failed["meta"]) >= {"checkpoint", "backend", "dtype", "device"}
 
 
-def test_scheduler_chunks_long_prompts_under_the_token_budget(toy_ckpt):
+def test_scheduler_chunks_long_prompts_under_the_token_budget():
     """A prompt longer than max_batch_tokens is prefilled in chunks."""
-    from gpt_simple_core.plan.planner import PlannedRecord
-    from gpt_simple_core.protocol import LoadRequest
-    from gpt_simple_core.records.parse import Record
-    from tests.core.test_sampler import params
-    from tests.support.toy_backend import ToyModel
-
     model = ToyModel({"script": "abcd"}, LoadRequest())
     done = []
     planned = [
-        PlannedRecord(Record(i, i + 1, p, {"prompt": p}), params(max_new_tokens=2, seed=i))
+        PlannedRecord(
+            Record(i, i + 1, p, {"prompt": p}), generation_params(max_new_tokens=2, seed=i)
+        )
         for i, p in enumerate(["abcdefghij", "xy"])
     ]
     GroupScheduler(

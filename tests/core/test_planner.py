@@ -14,8 +14,8 @@ from gpt_simple_core.plan.planner import Planner
 from gpt_simple_core.plan.render import render_text
 from gpt_simple_core.records.parse import parse_lines, read_jsonl
 from gpt_simple_core.settings import RunOptions, Settings
-from tests.core.helpers import PlanOnlyBackend, cli, register_backends, write_jsonl
-from tests.support.checkpoints import write_checkpoint, write_run_dir
+from tests.core.helpers import PlanOnlyBackend, cli, register_backends, word_tokenizer, write_jsonl
+from tests.support.checkpoints import small_config, write_checkpoint, write_run_dir, write_tokenizer
 
 GROUP_KEYS = {
     "checkpoint",
@@ -119,8 +119,6 @@ def test_naming_the_backend_auto_would_pick_does_not_split_a_group(two_models):
 
 def test_default_model_and_its_tokenizer(two_models, tmp_path):
     run, ckpt_b = two_models
-    from tests.support.checkpoints import write_tokenizer
-
     write_tokenizer(tmp_path / "tok")
     settings = Settings()
     settings = attrs.evolve(
@@ -144,8 +142,6 @@ def test_default_model_and_its_tokenizer(two_models, tmp_path):
 
 def test_different_tokenizers_make_different_groups(two_models, tmp_path):
     _, ckpt_b = two_models
-    from tests.support.checkpoints import write_tokenizer
-
     write_tokenizer(tmp_path / "tok")
     planned = make_plan(
         [
@@ -206,11 +202,7 @@ def test_context_warnings_from_a_cheap_bound(two_models):
 
 
 def test_tokenizer_without_eos_warns_in_the_plan(tmp_path):
-    from tests.core.test_tokenizer import word_tokenizer
-
     folder = word_tokenizer(tmp_path / "tok", ["a", "b"], [])
-    from tests.support.checkpoints import small_config
-
     ckpt = write_checkpoint(tmp_path / "c", small_config(3), tokenizer=False)
     (group,) = make_plan(
         [{"prompt": "a", "model": {"checkpoint": str(ckpt), "tokenizer": str(folder)}}]

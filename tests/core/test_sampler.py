@@ -19,27 +19,9 @@ from gpt_simple_core.engine.sampler import (
     next_token,
 )
 from gpt_simple_core.records.schema import GenerationParams
+from tests.core.helpers import generation_params as params
 
 E = math.e
-
-
-def params(**overrides) -> GenerationParams:
-    values = {
-        "max_new_tokens": 10,
-        "temperature": 1.0,
-        "top_k": 0,
-        "top_p": 1.0,
-        "min_p": 0.0,
-        "greedy": False,
-        "repetition_penalty": 1.0,
-        "seed": 0,
-        "return_full_text": False,
-        "stop": (),
-        "stop_token_ids": (),
-        "ignore_eos": False,
-    }
-    values.update(overrides)
-    return GenerationParams(**values)
 
 
 class FixedUniform:

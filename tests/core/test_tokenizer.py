@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -12,23 +9,8 @@ from gpt_simple_core.checkpoints.hf_tokenizer import HFTokenizer
 from gpt_simple_core.engine.sampler import forbidden_mask
 from gpt_simple_core.errors import TokenizerError
 from gpt_simple_core.protocol import Tokenizer
+from tests.core.helpers import word_tokenizer
 from tests.support.checkpoints import tokenizer_vocab_size, write_tokenizer
-
-
-def word_tokenizer(folder: Path, words: list[str], special: list[str], **side_files) -> Path:
-    """A word-level tokenizer with ``special`` added as special tokens, plus side files."""
-    from tokenizers import Tokenizer as HF
-    from tokenizers import models, pre_tokenizers
-
-    vocab = {w: i for i, w in enumerate(["[UNK]", *words])}
-    tokenizer = HF(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.add_special_tokens(special)
-    folder.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(folder / "tokenizer.json"))
-    for name, content in side_files.items():
-        (folder / f"{name}.json").write_text(json.dumps(content))
-    return folder
 
 
 def test_gpt2_endoftext_is_eos_even_when_the_config_names_another(tmp_path):
