@@ -94,7 +94,7 @@ def find_config_file(explicit: Path | None, cwd: Path) -> tuple[Path, str | None
     if pyproject.is_file():
         try:
             data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError):
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
             return None  # someone else's broken pyproject is not our business
         if PYPROJECT_TABLE in data.get("tool", {}):
             return pyproject, PYPROJECT_TABLE
@@ -119,8 +119,12 @@ def settings_from_mapping(data: Any, source: str) -> tuple[Settings, list[Proble
         parsed_gen, found = parse_generation(data["generation"])
         problems += found
         if parsed_gen is not None:
-            if parsed_gen.dtype is not None:
-                model = attrs.evolve(model, dtype=model.dtype or parsed_gen.dtype)
+            dtype = parsed_gen.dtype
+            if dtype is not None and model.dtype is not None and model.dtype != dtype:
+                message = f"{dtype} conflicts with model.dtype {model.dtype}"
+                problems.append(Problem(None, "generation.dtype", message))
+            if dtype is not None:
+                model = attrs.evolve(model, dtype=model.dtype or dtype)
             generation = attrs.evolve(parsed_gen, dtype=None)
     settings = Settings(run=run or RunOptions(), model=model, generation=generation, source=source)
     return settings, problems
@@ -134,7 +138,7 @@ def load_config(explicit: Path | None, cwd: Path) -> Settings:
     path, table = found
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config: {exc}") from None
     if table is not None:
         data = data.get("tool", {}).get(table, {})

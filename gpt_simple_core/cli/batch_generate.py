@@ -48,7 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def plan_input(source: str, settings: Settings) -> Planned:
     """Parse and plan ``source`` (a path or '-')."""
     if source == "-":
-        records, problems = parse_lines(sys.stdin)
+        records, problems = parse_lines(sys.stdin.buffer)
         name = "<stdin>"
     else:
         records, problems = read_jsonl(Path(source))

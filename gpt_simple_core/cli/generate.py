@@ -47,7 +47,7 @@ def _records(args: argparse.Namespace) -> tuple[list[Record], list, str]:
         records = [Record(i, i + 1, text, {"prompt": text}) for i, text in enumerate(args.prompt)]
         return records, [], "--prompt"
     if args.prompts_file == "-":
-        records, problems = parse_lines(sys.stdin, allow_blocks=False)
+        records, problems = parse_lines(sys.stdin.buffer, allow_blocks=False)
         return records, problems, "<stdin>"
     path = Path(args.prompts_file)
     if not path.is_file():

@@ -22,6 +22,7 @@ import structlog
 from gpt_simple_core.engine.results import error_entry, group_meta, output_record, sequence_meta
 from gpt_simple_core.engine.scheduler import GroupScheduler
 from gpt_simple_core.engine.sequence import Sequence
+from gpt_simple_core.errors import ConfigError
 from gpt_simple_core.output.progress import Progress
 from gpt_simple_core.output.writer import OrderedWriter, spool_path_for
 from gpt_simple_core.plan.planner import Planned, PlannedGroup, PlannedRecord
@@ -31,8 +32,13 @@ from gpt_simple_core.settings import Settings
 log = structlog.get_logger(__name__)
 
 
-class Terminated(Exception):
-    """SIGTERM arrived (e.g. Slurm preemption): stop, keeping what is finished."""
+class Terminated(BaseException):
+    """SIGTERM arrived (e.g. Slurm preemption): stop, keeping what is finished.
+
+    A ``BaseException`` (like ``KeyboardInterrupt``): the signal usually lands inside a
+    backend's forward call, and the loop's per-record ``except Exception`` must not turn it
+    into a record error and carry on.
+    """
 
 
 @attrs.define
@@ -165,8 +171,12 @@ def _open_output(output: Path | None) -> Iterator[IO[str]]:
     if output is None:
         yield sys.stdout
         return
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with output.open("w", encoding="utf-8") as stream:
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        stream = output.open("w", encoding="utf-8")
+    except OSError as exc:  # a bad --output is bad input, reported before anything loads
+        raise ConfigError(f"cannot write output {output}: {exc.strerror or exc}") from None
+    with stream:
         yield stream
 
 

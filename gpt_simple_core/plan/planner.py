@@ -24,6 +24,7 @@ from gpt_simple_core.records.schema import (
     BUILTIN_GENERATION,
     DTYPE_BYTES,
     GenerationParams,
+    GenerationSpec,
     ModelSpec,
     resolve_generation,
     stack,
@@ -128,12 +129,21 @@ class Planner:
         self._defaults = stack(BUILTIN_GENERATION, attrs.evolve(settings.generation, seed=None))
         self._checkpoints: dict[tuple[str, str | None], CheckpointInfo | CheckpointError] = {}
         self._choices: dict[tuple, BackendChoice] = {}
+        # Sweeps repeat the same blocks on every line: stack each distinct block once.
+        self._model_specs: dict[ModelSpec | None, ModelSpec] = {}
+        self._generation_specs: dict[GenerationSpec | None, GenerationSpec] = {}
 
     # Per record ----------------------------------------------------------------------------
     def model_spec(self, record: Record) -> ModelSpec:
         """The record's model block over the defaults; a record's own path brings no default
         tokenizer with it (the default tokenizer belongs to the default model)."""
-        default, own = self.settings.model, record.model or ModelSpec()
+        spec = self._model_specs.get(record.model)
+        if spec is None:
+            spec = self._model_specs[record.model] = self._stack_model(record.model)
+        return spec
+
+    def _stack_model(self, own: ModelSpec | None) -> ModelSpec:
+        default, own = self.settings.model, own or ModelSpec()
         spec = stack(default, attrs.evolve(own, checkpoint=None, output_dir=None))
         if own.path is not None:
             spec = attrs.evolve(spec, checkpoint=own.path, output_dir=None, tokenizer=own.tokenizer)
@@ -142,7 +152,10 @@ class Planner:
         return spec
 
     def params(self, record: Record) -> GenerationParams:
-        spec = stack(self._defaults, record.generation)
+        spec = self._generation_specs.get(record.generation)
+        if spec is None:
+            spec = stack(self._defaults, record.generation)
+            self._generation_specs[record.generation] = spec
         seed = spec.seed if spec.seed is not None else derive_seed(self.run_seed, record.index)
         return resolve_generation(spec, seed)
 

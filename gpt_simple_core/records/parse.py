@@ -172,19 +172,42 @@ class RecordParser:
         return problems
 
 
-def iter_json_lines(lines: Iterable[str]) -> Iterator[tuple[int, Any | Problem]]:
-    """(line number, parsed object or Problem) for each non-blank line."""
-    for number, text in enumerate(lines, 1):
+def _lone_surrogate(obj: Any) -> bool:
+    """JSON may escape half of a surrogate pair (``"\\ud800"``): not text, and not writable."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def iter_json_lines(lines: Iterable[str | bytes]) -> Iterator[tuple[int, Any | Problem]]:
+    """(line number, parsed object or Problem) for each non-blank line.
+
+    Byte lines are decoded here, so invalid UTF-8 is a problem of its line, not a crash.
+    """
+    for number, raw in enumerate(lines, 1):
+        try:
+            text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        except UnicodeDecodeError as exc:
+            yield number, Problem(number, "", f"invalid UTF-8: {exc}")
+            continue
         if not text.strip():
             continue
         try:
-            yield number, json.loads(text)
+            obj = json.loads(text)
         except ValueError as exc:
             yield number, Problem(number, "", f"invalid JSON: {exc}")
+            continue
+        if ("\\ud" in text or "\\uD" in text) and _lone_surrogate(obj):
+            message = "invalid JSON: a \\uD800-\\uDFFF escape without its pair is not text"
+            yield number, Problem(number, "", message)
+            continue
+        yield number, obj
 
 
 def parse_lines(
-    lines: Iterable[str], *, allow_blocks: bool = True
+    lines: Iterable[str | bytes], *, allow_blocks: bool = True
 ) -> tuple[list[Record], list[Problem]]:
     """Every record of a JSONL stream and every problem in it."""
     parser = RecordParser(allow_blocks=allow_blocks)
@@ -204,5 +227,5 @@ def parse_lines(
 
 def read_jsonl(path: Path, *, allow_blocks: bool = True) -> tuple[list[Record], list[Problem]]:
     """Parse a JSONL file (UTF-8)."""
-    with path.open(encoding="utf-8") as f:
+    with path.open("rb") as f:
         return parse_lines(f, allow_blocks=allow_blocks)

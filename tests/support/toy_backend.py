@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import numpy as np
 
 from gpt_simple_core.checkpoints.info import CheckpointInfo
@@ -42,8 +43,13 @@ class ToyTokenizer:
     pad_token_id = PAD_ID
     never_generate = (PAD_ID,)
 
+    def __init__(self) -> None:
+        self.prompts: set[tuple[int, ...]] = set()  # every encoded prompt, see ToyModel
+
     def encode(self, text: str) -> list[int]:
-        return [ALPHABET.index(c) for c in text.lower() if c in ALPHABET]
+        ids = [ALPHABET.index(c) for c in text.lower() if c in ALPHABET]
+        self.prompts.add(tuple(ids))
+        return ids
 
     def decode(self, ids: Sequence[int]) -> str:
         special = {EOS_ID: "<eos>", PAD_ID: "<pad>"}
@@ -97,7 +103,7 @@ class ToyModel(LoadedModel):
 
     def _logits(self, row: int, history: tuple[int, ...]) -> np.ndarray:
         logits = _noise(history)
-        generated = len(history) - self.prompt_lengths[row]
+        generated = len(history) - self._prompt_length(row, history)
         if self.settings.get("eos_after") is not None and generated >= self.settings["eos_after"]:
             logits[EOS_ID] += 100.0
         script = self.settings.get("script")
@@ -107,6 +113,14 @@ class ToyModel(LoadedModel):
             )
         logits[TOKENIZER_SIZE:] += 1000.0  # the padding band must be masked by the core
         return logits
+
+    def _prompt_length(self, row: int, history: tuple[int, ...]) -> int:
+        """Where the prompt ends, for ``script`` and ``eos_after``: the longest encoded prompt
+        that starts the history. A row's first call is not enough: the core may prefill in
+        chunks, or replay a row from its full history (prompt + generated) after a failure.
+        Falls back to the first call's length for rows fed without ``tokenizer.encode``."""
+        known = [len(p) for p in self.tokenizer.prompts if history[: len(p)] == p]
+        return max(known) if known else self.prompt_lengths[row]
 
     def release(self, rows: Sequence[int]) -> None:
         for row in rows:
@@ -123,6 +137,14 @@ class ToyBackend(Backend):
     dtypes = ("fp32", "fp16")
     devices = ("cpu",)
     loaded: list[ToyModel] = []
+
+    def resolve(self, request: LoadRequest) -> LoadRequest:
+        """``auto`` is fp32 on cpu, as ``load`` runs it (so the core can merge groups)."""
+        return attrs.evolve(
+            request,
+            dtype="fp32" if request.dtype == AUTO else request.dtype,
+            device="cpu" if request.device == AUTO else request.device,
+        )
 
     def load(self, checkpoint: CheckpointInfo, request: LoadRequest) -> ToyModel:
         if checkpoint.config.get("fail_load"):

@@ -1,0 +1,230 @@
+"""Backend choice (explicit, automatic by priority, pre-flight), plugin loading and pinning,
+and ``gpt-simple backends``."""
+
+from __future__ import annotations
+
+import json
+from importlib.metadata import EntryPoint
+from pathlib import Path
+
+import pytest
+
+from gpt_simple_core import plugin_manager
+from gpt_simple_core.checkpoints.info import CheckpointInfo
+from gpt_simple_core.errors import BackendError
+from gpt_simple_core.plan.backend_choice import choose_backend
+from gpt_simple_core.protocol import EXPLICIT, LoadRequest
+from tests.core.helpers import PlanOnlyBackend, _BackendsPlugin, cli, register_backends, write_jsonl
+from tests.support.toy_backend import ToyBackend
+
+
+class HighToy(ToyBackend):
+    name = "toy-high"
+    priority = 5
+    dtypes = ("fp32",)
+
+
+class Needy(ToyBackend):
+    name = "needy"
+    priority = 10
+    requires = ("gpt_simple_no_such_module_xyz",)
+
+    def describe_runtime(self):  # must not be called while dependencies are missing
+        raise AssertionError("describe_runtime called without dependencies")
+
+
+class Exporter(ToyBackend):
+    name = "exporter"
+    formats = {"toy": EXPLICIT}
+
+    def describe_runtime(self):
+        return {"providers": ["CPUExecutionProvider"]}
+
+
+BACKENDS = {b.name: b for b in (ToyBackend(), HighToy(), Needy(), Exporter())}
+TOY = CheckpointInfo(format="toy", path=Path("/x"), tokenizer=None)
+GPT = CheckpointInfo(format="gpt-simple", path=Path("/y"), tokenizer=None)
+
+
+def choose(info=TOY, requested=None, backends=BACKENDS, errors=None, **request):
+    return choose_backend(info, requested, LoadRequest(**request), backends, errors or {})
+
+
+def test_auto_choice_by_priority_skipping_refusals():
+    choice = choose()
+    assert choice.backend.name == "toy-high"
+    assert choice.problems == ()
+    assert choice.because.startswith("auto: highest-priority installed backend for toy")
+    assert "backend 'needy' needs gpt_simple_no_such_module_xyz, which is not installed" in (
+        choice.because
+    )
+    assert choose(dtype="fp16").backend.name == "toy"  # toy-high runs fp32 only
+
+
+def test_auto_priority_ties_break_by_name():
+    class Other(ToyBackend):
+        name = "a-toy"
+
+    assert choose(backends={"toy": ToyBackend(), "a-toy": Other()}).backend.name == "a-toy"
+
+
+def test_nothing_accepts_the_request():
+    choice = choose(dtype="bf16")
+    assert choice.backend is None
+    assert "backend 'toy' cannot run dtype bf16 (it runs fp32, fp16)" in choice.problems
+    assert "backend 'toy-high' cannot run dtype bf16 (it runs fp32)" in choice.problems
+    choice = choose(device="cuda:1")
+    assert "backend 'toy' cannot run on cuda:1 (it runs on cpu)" in choice.problems
+
+
+def test_missing_dependencies_message():
+    choice = choose(requested="needy")
+    assert choice.backend.name == "needy"
+    assert choice.problems == (
+        "backend 'needy' needs gpt_simple_no_such_module_xyz, which is not installed "
+        "(pip install 'gpt-simple-inference[needy]')",
+    )
+    assert Needy().missing_dependencies() == ["gpt_simple_no_such_module_xyz"]
+    assert ToyBackend().missing_dependencies() == []
+
+
+def test_explicit_choices():
+    choice = choose(requested="exporter")
+    assert (choice.backend.name, choice.because, choice.problems) == ("exporter", "requested", ())
+    choice = choose(requested="nope")
+    assert choice.problems == (
+        "unknown backend 'nope' (installed: exporter, needy, toy, toy-high)",
+    )
+    choice = choose(requested="torch", errors={"torch": "ImportError: no torch"})
+    assert choice.problems == ("backend 'torch' failed to load: ImportError: no torch",)
+    choice = choose(requested="toy", dtype="bf16")
+    assert choice.problems == ("backend 'toy' cannot run dtype bf16 (it runs fp32, fp16)",)
+
+
+def test_a_backend_that_cannot_run_the_format_says_what_would():
+    backends = {**BACKENDS, "plan-only": PlanOnlyBackend()}
+    choice = choose(GPT, requested="toy", backends=backends)
+    assert choice.problems == ("backend 'toy' cannot run gpt-simple checkpoints; use plan-only",)
+    choice = choose(GPT, requested="toy")
+    assert choice.problems == (
+        "backend 'toy' cannot run gpt-simple checkpoints; no installed backend can",
+    )
+
+
+def test_formats_run_only_when_asked_and_install_hints():
+    only_explicit = {"exporter": Exporter()}
+    choice = choose(backends=only_explicit)
+    assert choice.problems == (
+        "no installed backend runs toy checkpoints automatically; name one that can with "
+        "--backend / model.backend: exporter",
+    )
+    choice = choose(GPT, backends={})
+    assert choice.problems == (
+        "no installed backend runs gpt-simple checkpoints automatically "
+        "(pip install 'gpt-simple-inference[torch]')",
+    )
+
+
+def test_backend_problems_in_a_plan_point_at_the_record(tmp_path, toy_ckpt, capsys):
+    source = write_jsonl(
+        tmp_path / "in.jsonl",
+        [
+            {"prompt": "a"},
+            {"prompt": "b", "model": {"checkpoint": "toy", "backend": "nope"}},
+            {"prompt": "c", "model": {"checkpoint": "toy", "dtype": "bf16"}},
+        ],
+    )
+    code, out, err = cli(
+        capsys, "batch-generate", "--input", str(source), "--checkpoint", "toy", "--dry-run"
+    )
+    assert code == 2
+    assert f"{source}:2: model.backend: unknown backend 'nope' (installed: toy)" in err
+    assert f"{source}:3: model.backend: backend 'toy' cannot run dtype bf16" in err
+    assert "[1] " in out  # the runnable group is still shown
+
+
+# Plugin loading -------------------------------------------------------------------------
+PLUGIN = _BackendsPlugin([HighToy()])
+
+
+def fake_entry_points(monkeypatch, *points: tuple[str, str]) -> None:
+    eps = [EntryPoint(name, value, "gpt_simple") for name, value in points]
+    monkeypatch.setattr(plugin_manager, "entry_points", lambda group: eps)
+
+
+def test_entry_points_load_and_a_broken_one_is_reported_not_fatal(monkeypatch, capsys):
+    monkeypatch.delenv(plugin_manager.PINS_ENV_VAR)
+    fake_entry_points(
+        monkeypatch,
+        ("good", "tests.core.test_backends:PLUGIN"),
+        ("broken", "tests.core.no_such_module_here"),
+    )
+    assert list(plugin_manager.get_backends()) == ["toy-high"]
+    assert "ModuleNotFoundError" in plugin_manager.plugin_errors["broken"]
+    assert "plugin failed to load" in capsys.readouterr().err
+
+
+def test_pins_choose_which_entry_points_load(monkeypatch):
+    fake_entry_points(monkeypatch, ("good", "tests.core.test_backends:PLUGIN"))
+    monkeypatch.setenv(plugin_manager.PINS_ENV_VAR, "")
+    assert plugin_manager.get_backends() == {}
+    plugin_manager.reset_plugin_manager()
+    monkeypatch.setenv(plugin_manager.PINS_ENV_VAR, "good, missing")
+    assert list(plugin_manager.get_backends()) == ["toy-high"]
+    assert plugin_manager.plugin_errors == {
+        "missing": "named in GPT_SIMPLE_PLUGINS but not installed"
+    }
+
+
+def test_two_backends_with_one_name_are_an_error():
+    register_backends(ToyBackend(), name="one")
+    register_backends(ToyBackend(), name="two")
+    with pytest.raises(BackendError, match="two plugins register a backend named 'toy'"):
+        plugin_manager.get_backends()
+
+
+def test_registering_something_else_is_an_error():
+    register_backends(object())  # type: ignore[arg-type]
+    with pytest.raises(BackendError, match="which is not a Backend"):
+        plugin_manager.get_backends()
+
+
+# `gpt-simple backends` ---------------------------------------------------------------------
+def test_backends_command_lists_the_toy_backend(toy, capsys):
+    register_backends(Needy(), Exporter())
+    code, out, _ = cli(capsys, "backends", "--json")
+    assert code == 0
+    data = json.loads(out)
+    by_name = {b["name"]: b for b in data["backends"]}
+    assert by_name["toy"] == {
+        "name": "toy",
+        "package": "tests",  # not installed from a distribution: the import package
+        "version": None,
+        "formats": {"toy": "auto"},
+        "priority": 0,
+        "dtypes": ["fp32", "fp16"],
+        "devices": ["cpu"],
+        "dependencies": "ok",
+    }
+    assert by_name["needy"]["dependencies"] == "missing: gpt_simple_no_such_module_xyz"
+    assert by_name["exporter"]["providers"] == ["CPUExecutionProvider"]
+    assert by_name["exporter"]["formats"] == {"toy": "explicit"}
+    code, out, _ = cli(capsys, "backends")
+    assert code == 0
+    assert "toy: tests\n  formats: toy (auto); priority 0\n" in out
+    assert "  dtypes: fp32, fp16; devices: cpu\n  dependencies: ok\n" in out
+    assert "  dependencies: missing: gpt_simple_no_such_module_xyz" in out
+    assert "  providers: ['CPUExecutionProvider']" in out
+
+
+def test_backends_command_shows_plugin_errors_and_empty_installs(monkeypatch, capsys):
+    monkeypatch.setenv(plugin_manager.PINS_ENV_VAR, "ghost")
+    code, out, _ = cli(capsys, "backends")
+    assert code == 0
+    assert "no backends installed (pip install 'gpt-simple-inference[torch]')" in out
+    assert "ghost: failed to load: named in GPT_SIMPLE_PLUGINS but not installed" in out
+    code, out, _ = cli(capsys, "backends", "--json")
+    assert json.loads(out) == {
+        "backends": [],
+        "plugin_errors": {"ghost": "named in GPT_SIMPLE_PLUGINS but not installed"},
+    }
