@@ -135,7 +135,7 @@ class GroupScheduler:
 
     def _call_alone(self, slot: int, tokens: list[int], out: dict) -> None:
         """Feed one row, in chunks of at most the token budget; keep the last logits."""
-        chunk_size = self.max_batch_tokens if self.model.prefill_in_chunks else len(tokens)
+        chunk_size = self.max_batch_tokens if self.model.prefill_in_chunks else max(len(tokens), 1)
         try:
             for start in range(0, len(tokens), chunk_size):
                 chunk = tokens[start : start + chunk_size]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -29,6 +30,7 @@ def default_spool_dir() -> Path:
 def spool_path_for(output: Path | None) -> Path:
     """Beside the output file; for stdout, in the user's cache directory."""
     if output is not None:
+        output = output.absolute()  # the log names it; a relative path helps nobody later
         return output.with_name(output.name + ".spool.jsonl")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return default_spool_dir() / f"run-{stamp}-{os.getpid()}.spool.jsonl"
@@ -69,8 +71,7 @@ class OrderedWriter:
 
     def _to_spool(self, index: int, record: dict[str, Any]) -> None:
         if self._spool is None:
-            self.spool_path.parent.mkdir(parents=True, exist_ok=True)
-            self._spool = self.spool_path.open("w+", encoding="utf-8")
+            self._spool = self._open_spool()
             log.info(
                 "finished records waiting for earlier ones are spooled", spool=str(self.spool_path)
             )
@@ -78,6 +79,17 @@ class OrderedWriter:
         self._offsets[index] = self._spool.tell()
         self._spool.write(dumps({"index": index, "record": record}) + "\n")
         self._spool.flush()
+
+    def _open_spool(self) -> IO[str]:
+        try:
+            self.spool_path.parent.mkdir(parents=True, exist_ok=True)
+            return self.spool_path.open("w+", encoding="utf-8")
+        except OSError as exc:
+            # An unwritable cache directory must not cost the run: spool to the temp dir.
+            fallback = Path(tempfile.gettempdir()) / self.spool_path.name
+            log.warning("cannot create the spool; using the temp dir", error=str(exc))
+            self.spool_path = fallback
+            return fallback.open("w+", encoding="utf-8")
 
     def _from_spool(self, offset: int) -> dict[str, Any]:
         assert self._spool is not None
