@@ -40,7 +40,7 @@ ACTIVATIONS = {
 
 # Norms ----------------------------------------------------------------------------------------
 class RMSNorm(nn.Module):
-    """Root-mean-square norm, computed in fp32 and cast back before the gain (as the trainer)."""
+    """Root-mean-square norm, computed in fp32 and cast back to the input dtype before the gain."""
 
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -149,6 +149,8 @@ class KVCache:
         old_slots, old_capacity = self.slots, self.capacity
         for name in ("k", "v"):
             old = getattr(self, name)
+            # zeros, not empty: masked positions still enter probs @ v (as 0 * value), and
+            # uninitialised memory may hold NaN bit patterns, which would poison real rows
             new = torch.zeros(shape, dtype=old.dtype, device=old.device)
             new[:, :old_slots, :, :old_capacity] = old
             setattr(self, name, new)
