@@ -18,6 +18,8 @@ from tests.conftest import REPO_ROOT
 from tests.support.checkpoints import random_state_dict, small_config, write_checkpoint
 from tests.torch.helpers import full_logits
 
+pytestmark = pytest.mark.torch
+
 
 def weights_path(checkpoint: Path) -> Path:
     model = checkpoint / "model"

@@ -16,6 +16,8 @@ from tests.support.checkpoints import small_config
 from tests.torch.helpers import build_gpt
 from tests.torch.reference import reference_logits
 
+pytestmark = pytest.mark.torch
+
 TOLERANCE = 1e-4
 # Two sequences of different content, long enough for RoPE angles of several radians.
 SEQ_LEN = 24

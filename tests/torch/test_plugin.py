@@ -22,6 +22,8 @@ from tests.conftest import REPO_ROOT
 from tests.support.checkpoints import write_checkpoint
 from tests.torch.helpers import full_logits
 
+pytestmark = pytest.mark.torch
+
 
 @pytest.fixture
 def checkpoint(tmp_path: Path) -> CheckpointInfo:

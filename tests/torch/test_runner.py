@@ -13,6 +13,8 @@ from gpt_simple_torch.plugin import TorchModel
 from tests.support.checkpoints import small_config
 from tests.torch.helpers import assert_same_or_near_tie, build_gpt, full_logits, greedy
 
+pytestmark = pytest.mark.torch
+
 CACHE_TOLERANCE = 2e-5  # cached and uncached paths use different attention kernels
 
 
