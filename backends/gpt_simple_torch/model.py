@@ -83,12 +83,13 @@ class RotaryEmbedding(nn.Module):
         # .to() moves it with the module; forward follows the positions' device regardless.
         self.register_buffer("inv_freq", rope_inv_freq(config, "cpu"), persistent=False)
 
-    def forward(self, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """``positions`` [B, T] (or [1, T]) -> cos, sin of shape [B, T, head_dim] in fp32."""
+    def forward(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """``positions`` [B, T] (or [1, T]) -> cos, sin [B, 1, T, head_dim] (broadcast over
+        heads), computed in fp32 and then cast to ``dtype``, once for all layers."""
         inv_freq = self.inv_freq.to(positions.device)  # no-op unless built on another device
-        freqs = positions[..., None].float() * inv_freq  # [B, T, head_dim / 2]
+        freqs = positions[:, None, :, None].float() * inv_freq  # [B, 1, T, head_dim / 2]
         emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos(), emb.sin()
+        return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
 def rotate_half(x: Tensor) -> Tensor:
@@ -97,8 +98,7 @@ def rotate_half(x: Tensor) -> Tensor:
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate ``x`` [B, heads, T, head_dim] by the angles of ``cos``/``sin`` [B, T, head_dim]."""
-    cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)
+    """Rotate ``x`` [B, heads, T, head_dim] by the angles of ``cos``/``sin`` [B, 1, T, head_dim]."""
     return x * cos + rotate_half(x) * sin
 
 
@@ -352,8 +352,8 @@ class GPT(nn.Module):
         cross-entropy of predicting ``labels[:, 1:]`` from positions ``:-1``.
         """
         T = input_ids.shape[1]
-        cos, sin = self.rotary(torch.arange(T, device=input_ids.device)[None])
         x = self.wte(input_ids)
+        cos, sin = self.rotary(torch.arange(T, device=input_ids.device)[None], x.dtype)
         for block in self.h:
             x = block(x, cos, sin)
         logits = self._head(x)
@@ -401,8 +401,8 @@ class GPT(nn.Module):
             span=span,
         )
 
-        cos, sin = self.rotary(positions)
         x = self.wte(ids)
+        cos, sin = self.rotary(positions, x.dtype)
         for i, block in enumerate(self.h):
             x = block(x, cos, sin, (cache.k[i], cache.v[i]), step)
         for s, a, n in zip(slots, starts, counts, strict=True):
