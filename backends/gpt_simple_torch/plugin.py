@@ -121,14 +121,20 @@ class TorchBackend(Backend):
 
     def preflight(self, checkpoint: CheckpointInfo, request: LoadRequest) -> Preflight:
         base = super().preflight(checkpoint, request)
-        problems = list(base.problems)
+        problems, warnings = list(base.problems), list(base.warnings)
         if request.dtype == "fp16" and request.device.split(":", 1)[0] == "cpu":
             problems.append(FP16_ON_CPU)
+        elif request.dtype == "fp16" and request.device == "auto":
+            # Resolving the device imports torch, which pre-flight must not do.
+            warnings.append(
+                "fp16 needs a GPU: if none is found at run time the load fails "
+                "(fp32 runs everywhere)"
+            )
         try:
             _overflow_policy(request.options)
         except BackendError as exc:
             problems.append(str(exc))
-        return attrs.evolve(base, problems=tuple(problems))
+        return Preflight(problems=tuple(problems), warnings=tuple(warnings))
 
     def resolve(self, request: LoadRequest) -> LoadRequest:
         """``auto`` device: cuda, else mps, else cpu. ``auto`` dtype: fp32 on the CPU (fast and

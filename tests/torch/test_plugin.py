@@ -15,7 +15,7 @@ import torch
 from gpt_simple_core.checkpoints import gpt_simple_layout
 from gpt_simple_core.checkpoints.info import CheckpointInfo
 from gpt_simple_core.errors import BackendError
-from gpt_simple_core.protocol import OVERFLOW_TRUNCATE, LoadRequest
+from gpt_simple_core.protocol import OVERFLOW_TRUNCATE, LoadRequest, Preflight
 from gpt_simple_torch import plugin
 from gpt_simple_torch.plugin import TorchBackend, TorchModel, default_threads, usable_cpus
 from tests.conftest import REPO_ROOT
@@ -43,7 +43,9 @@ def test_registers_one_torch_backend() -> None:
 def test_preflight(checkpoint: CheckpointInfo) -> None:
     backend = TorchBackend()
     assert backend.preflight(checkpoint, LoadRequest()).problems == ()
-    assert backend.preflight(checkpoint, LoadRequest(dtype="fp16", device="cuda")).problems == ()
+    assert backend.preflight(checkpoint, LoadRequest(dtype="fp16", device="cuda")) == Preflight()
+    (warning,) = backend.preflight(checkpoint, LoadRequest(dtype="fp16")).warnings
+    assert "fp16 needs a GPU" in warning
     (problem,) = backend.preflight(checkpoint, LoadRequest(dtype="fp16", device="cpu")).problems
     assert "fp16 on the CPU" in problem and "use fp32" in problem and "GPU" in problem
     (problem,) = backend.preflight(checkpoint, LoadRequest(dtype="int8")).problems
