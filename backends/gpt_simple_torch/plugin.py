@@ -101,7 +101,11 @@ def default_threads() -> int:
 
 
 def _overflow_policy(options: Mapping[str, Any]) -> str:
-    value = options.get(OVERFLOW_OPTION, OVERFLOW_EXTRAPOLATE)
+    """The ``context_overflow`` option (default ``extrapolate``), checked."""
+    return _checked_overflow(options.get(OVERFLOW_OPTION, OVERFLOW_EXTRAPOLATE))
+
+
+def _checked_overflow(value: Any) -> str:
     if value not in OVERFLOW_CHOICES:
         raise BackendError(
             f"{OVERFLOW_OPTION} must be one of {', '.join(OVERFLOW_CHOICES)}, got {value!r}"
@@ -217,7 +221,7 @@ class TorchModel(LoadedModel):
         self.dtype = DTYPE_NAMES.get(weight.dtype, str(weight.dtype))
         self.device = str(weight.device)
         self.context_length = self.config.n_positions
-        self.context_overflow = context_overflow
+        self.context_overflow = _checked_overflow(context_overflow)
         self.notes = dict(notes or {})
         self._cache = KVCache(self.config, dtype=weight.dtype, device=weight.device)
         # Token ids per row, kept only to recompute a truncated window.
@@ -234,11 +238,6 @@ class TorchModel(LoadedModel):
     ) -> TorchModel:
         """Wrap a loaded :class:`GPT` (e.g. one ``load_for_inference`` gave a user) for the
         core's decode loop; puts it in eval mode. Nothing is copied."""
-        if context_overflow not in OVERFLOW_CHOICES:
-            raise BackendError(
-                f"context_overflow must be one of {', '.join(OVERFLOW_CHOICES)}, "
-                f"got {context_overflow!r}"
-            )
         module.eval()
         return cls(module, tokenizer, context_overflow=context_overflow, notes=notes)
 
