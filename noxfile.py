@@ -57,7 +57,7 @@ def native(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def torch(session: nox.Session) -> None:
     """The PyTorch backend against transformers and reference forwards (CPU)."""
-    session.install(*CONSTRAINTS, ".[torch,test]", "transformers")
+    session.install(*CONSTRAINTS, ".[torch,test-torch]")
     run_pytest(session, "tests/torch")
 
 

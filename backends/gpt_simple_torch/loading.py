@@ -1,0 +1,122 @@
+"""Reading a gpt-simple checkpoint's weights into a :class:`~gpt_simple_torch.model.GPT`.
+
+Weights are memory-mapped (safetensors natively, the trainer's ``pytorch_model.bin`` through
+``torch.load(mmap=True)``), checked key by key against the model config, cast and moved one
+tensor at a time and assigned to a module built on the ``meta`` device. Host memory therefore
+peaks near one copy of the weights (file pages that the kernel may drop again), not the two or
+three of "initialise, load, copy".
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from gpt_simple_core.checkpoints.gpt_simple_layout import (
+    COMPILE_PREFIX,
+    SAFETENSORS,
+    describe_state_dict_mismatch,
+)
+from gpt_simple_core.checkpoints.model_config import ModelConfig
+from gpt_simple_core.errors import CheckpointError
+from gpt_simple_torch.model import GPT
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a ``model.safetensors`` or ``pytorch_model.bin``, memory-mapped.
+
+    A ``.bin`` is read with ``weights_only=True``: a file that needs more than tensors and
+    plain containers (a pickled class, a function) is refused instead of executed.
+    """
+    if path.name == SAFETENSORS or path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except (OSError, SafetensorError) as exc:
+            raise CheckpointError(f"{path}: cannot read safetensors weights: {exc}") from None
+    try:
+        loaded = _torch_load(path)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path}: refused: loading it would need arbitrary unpickling, which can run code "
+            f"from the file ({_unpickling_reason(exc)}). Only plain state dicts of tensors are "
+            f"accepted: re-save it with torch.save(model.state_dict(), ...) or as "
+            f"model.safetensors"
+        ) from None
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise CheckpointError(f"{path}: cannot read PyTorch weights: {exc}") from None
+    if not isinstance(loaded, Mapping) or not all(
+        isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in loaded.items()
+    ):
+        raise CheckpointError(
+            f"{path}: expected a state dict (names -> tensors), found {type(loaded).__name__}"
+        )
+    return dict(loaded)
+
+
+def _unpickling_reason(exc: pickle.UnpicklingError) -> str:
+    """The useful line of torch's long weights-only message: which global was refused."""
+    text = str(exc)
+    match = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if match:
+        return f"it references {match.group(1)}"
+    lines = [line.strip() for line in text.splitlines() if "WeightsUnpickler error" in line]
+    return lines[0] if lines else (text.strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _torch_load(path: Path) -> object:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:
+        # Files from torch < 1.6 (legacy, non-zip format) cannot be memory-mapped: read them.
+        if "mmap" not in str(exc):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def check_state_dict(
+    state_dict: Mapping[str, torch.Tensor], config: ModelConfig, source: Path | str
+) -> dict[str, torch.Tensor]:
+    """Strip ``_orig_mod.`` (torch.compile) and require exactly the keys and shapes the config
+    implies; the error names every missing, unexpected and mis-shaped key (first few)."""
+    stripped = {key.removeprefix(COMPILE_PREFIX): value for key, value in state_dict.items()}
+    found = {key: tuple(value.shape) for key, value in stripped.items()}
+    problems = describe_state_dict_mismatch(config.state_dict_shapes(), found)
+    if problems:
+        raise CheckpointError(f"{source} does not match its model config: {problems}")
+    not_float = sorted(key for key, value in stripped.items() if not value.is_floating_point())
+    if not_float:
+        names = ", ".join(not_float[:8])
+        raise CheckpointError(f"{source}: tensors {names} are not floating point")
+    return stripped
+
+
+def load_model(
+    weights: Path,
+    config: ModelConfig,
+    *,
+    dtype: str | torch.dtype = "fp32",
+    device: str | torch.device = "cpu",
+) -> GPT:
+    """Load ``weights`` (``model.safetensors`` or ``pytorch_model.bin``) as an eval-mode
+    :class:`GPT` in ``dtype`` on ``device``, gradients off."""
+    torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    state_dict = check_state_dict(read_state_dict(weights), config, weights)
+    # One tensor at a time, each replacing its mapped original: the converted weights are the
+    # only copy in process memory. .to() returns the mapped tensor itself when nothing changes
+    # (fp32 on the CPU), so then the model runs straight from the page cache.
+    for key in list(state_dict):
+        state_dict[key] = state_dict[key].to(device=device, dtype=torch_dtype)
+    model = GPT.from_state_dict(config, state_dict)
+    model.eval()
+    model.requires_grad_(False)
+    return model

@@ -1,0 +1,295 @@
+"""The PyTorch eager backend: runs gpt-simple trainer checkpoints.
+
+This module is what the ``gpt_simple`` entry point loads, so it must stay cheap: it never
+imports torch at import time (``gpt-simple --help`` and dry-runs stay torch-free). torch is
+imported when a request is resolved or a model is loaded.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import attrs
+import numpy as np
+
+from gpt_simple_core.checkpoints.hf_tokenizer import HFTokenizer
+from gpt_simple_core.checkpoints.model_config import ModelConfig
+from gpt_simple_core.errors import BackendError, CheckpointError
+from gpt_simple_core.hookspecs import hookimpl
+from gpt_simple_core.protocol import (
+    AUTO,
+    OVERFLOW_EXTRAPOLATE,
+    OVERFLOW_TRUNCATE,
+    Backend,
+    LoadedModel,
+    LoadRequest,
+    Preflight,
+    Tokenizer,
+)
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from gpt_simple_core.checkpoints.info import CheckpointInfo
+    from gpt_simple_torch.model import GPT
+
+OVERFLOW_OPTION = "context_overflow"
+OVERFLOW_CHOICES = (OVERFLOW_EXTRAPOLATE, OVERFLOW_TRUNCATE)
+
+FP16_ON_CPU = (
+    "fp16 on the CPU is refused by the torch backend: CPUs without native half-precision "
+    "arithmetic convert it to fp32 in every kernel (about 2x slower than fp32 here), and fp16's "
+    "range (max 65504) can overflow activations of a model trained in fp32/bf16; use fp32 (or "
+    "bf16) on the CPU, or run fp16 on a GPU (--device cuda)"
+)
+
+
+def _import_torch() -> ModuleType:
+    """Import torch, first asking its OpenMP runtime not to spin.
+
+    With the default (active) wait policy, idle OpenMP threads spin at barriers; when another
+    process holds one of the cores, a decode step measured 15-40x slower on a 2-CPU machine.
+    PASSIVE threads sleep instead and the same contention costs 1.2-2x
+    (shared/notes/cpu-and-onnx-facts.md). libgomp reads the variable once, when torch loads
+    it, so it only helps if torch is not imported yet; a user's own setting wins.
+    """
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch
+
+    return torch
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask, capped by a cgroup v2 CPU quota.
+
+    ``os.cpu_count()`` counts the machine; a Slurm job, a container or a ``taskset`` may get
+    fewer, and more threads than usable CPUs means threads queueing behind each other.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
+def default_threads() -> int:
+    """Intra-op threads when the request names none.
+
+    Every usable CPU (:func:`usable_cpus`), or fewer when ``OMP_NUM_THREADS`` asks for fewer.
+    We do not try to guess how busy the machine is (a load average is stale and counts us
+    too): with the PASSIVE wait policy set by :func:`_import_torch`, sharing cores with other
+    processes degrades throughput gracefully instead of collapsing.
+    """
+    cpus = usable_cpus()
+    try:
+        asked = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        return cpus
+    return max(1, min(asked, cpus))
+
+
+def _overflow_policy(options: Mapping[str, Any]) -> str:
+    """The ``context_overflow`` option (default ``extrapolate``), checked."""
+    return _checked_overflow(options.get(OVERFLOW_OPTION, OVERFLOW_EXTRAPOLATE))
+
+
+def _checked_overflow(value: Any) -> str:
+    if value not in OVERFLOW_CHOICES:
+        raise BackendError(
+            f"{OVERFLOW_OPTION} must be one of {', '.join(OVERFLOW_CHOICES)}, got {value!r}"
+        )
+    return value
+
+
+class TorchBackend(Backend):
+    """PyTorch eager: the default backend for gpt-simple checkpoints (CPU, CUDA, MPS)."""
+
+    name: ClassVar[str] = "torch"
+    formats: ClassVar[Mapping[str, str]] = {"gpt-simple": AUTO}
+    priority: ClassVar[int] = 100
+    dtypes: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "bf16")
+    devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda", "mps")
+    requires: ClassVar[tuple[str, ...]] = ("torch", "safetensors")
+
+    def preflight(self, checkpoint: CheckpointInfo, request: LoadRequest) -> Preflight:
+        base = super().preflight(checkpoint, request)
+        problems, warnings = list(base.problems), list(base.warnings)
+        if request.dtype == "fp16" and request.device.split(":", 1)[0] == "cpu":
+            problems.append(FP16_ON_CPU)
+        elif request.dtype == "fp16" and request.device == "auto":
+            # Resolving the device imports torch, which pre-flight must not do.
+            warnings.append(
+                "fp16 needs a GPU: if none is found at run time the load fails "
+                "(fp32 runs everywhere)"
+            )
+        try:
+            _overflow_policy(request.options)
+        except BackendError as exc:
+            problems.append(str(exc))
+        return Preflight(problems=tuple(problems), warnings=tuple(warnings))
+
+    def resolve(self, request: LoadRequest) -> LoadRequest:
+        """``auto`` device: cuda, else mps, else cpu. ``auto`` dtype: fp32 on the CPU (fast and
+        exact there), bf16 on CUDA GPUs that support it (fp32's range) else fp16, fp16 on mps."""
+        torch = _import_torch()
+        device = request.device
+        if device == "auto":
+            if torch.cuda.is_available():
+                device = "cuda"
+            elif torch.backends.mps.is_available():
+                device = "mps"
+            else:
+                device = "cpu"
+        dtype = request.dtype
+        if dtype == "auto":
+            kind = device.split(":", 1)[0]
+            if kind == "cuda":
+                dtype = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            elif kind == "mps":
+                dtype = "fp16"
+            else:
+                dtype = "fp32"
+        return attrs.evolve(request, device=device, dtype=dtype)
+
+    def load(self, checkpoint: CheckpointInfo, request: LoadRequest) -> TorchModel:
+        request = self.resolve(request)
+        if request.dtype == "fp16" and request.device.split(":", 1)[0] == "cpu":
+            raise BackendError(FP16_ON_CPU)
+        if checkpoint.weights is None or checkpoint.tokenizer is None:
+            raise CheckpointError(f"{checkpoint.path}: no weights or no tokenizer to load")
+        torch = _import_torch()
+        from gpt_simple_torch.loading import load_model
+
+        threads = request.threads or default_threads()
+        torch.set_num_threads(threads)  # process-wide: the last model loaded decides
+        config = ModelConfig.from_dict(checkpoint.config, source=str(checkpoint.path))
+        module = load_model(checkpoint.weights, config, dtype=request.dtype, device=request.device)
+        return TorchModel.from_module(
+            module,
+            HFTokenizer(checkpoint.tokenizer),
+            context_overflow=_overflow_policy(request.options),
+            notes={"threads": threads, "weights": checkpoint.weights.name},
+        )
+
+
+class TorchModel(LoadedModel):
+    """A :class:`~gpt_simple_torch.model.GPT` driven by the core's decode loop.
+
+    KV cache: one :class:`~gpt_simple_torch.model.KVCache` for all rows, indexed by row id
+    (the core's slot ids are small, so a row *is* its cache slot). A call writes only the new
+    tokens of its rows in place and attends over ``cache[rows, :, :longest]``, which is a view
+    when the rows are a contiguous run of ids (they are sorted here), so a decode step never
+    copies the cache; scattered rows cost one gather of their cached keys and values. Rows are
+    right-padded to the longest new chunk of the call, every token keeps its row's true
+    position, and the mask hides padding and stale positions. One-token rows (decoding) and
+    longer chunks (prompts) run as two batches, so a long prompt joining the batch does not pad
+    every decoding row to its length.
+
+    Past ``context_length``: with ``extrapolate`` (the default, like the trainer) RoPE keeps
+    counting and the cache keeps growing; with ``truncate`` the row is recomputed from scratch
+    over its last ``context_length`` tokens, which equals a fresh forward over that window
+    (and costs a full window per step once a row is that long).
+    """
+
+    def __init__(
+        self,
+        module: GPT,
+        tokenizer: Tokenizer,
+        *,
+        context_overflow: str = OVERFLOW_EXTRAPOLATE,
+        notes: Mapping[str, Any] | None = None,
+    ) -> None:
+        from gpt_simple_torch.loading import DTYPE_NAMES
+        from gpt_simple_torch.model import KVCache
+
+        weight = module.wte.weight
+        self.module = module
+        self.config: ModelConfig = module.config
+        self.tokenizer = tokenizer
+        self.dtype = DTYPE_NAMES.get(weight.dtype, str(weight.dtype))
+        self.device = str(weight.device)
+        self.context_length = self.config.n_positions
+        self.context_overflow = _checked_overflow(context_overflow)
+        self.notes = dict(notes or {})
+        self._cache = KVCache(self.config, dtype=weight.dtype, device=weight.device)
+        # Token ids per row, kept only to recompute a truncated window.
+        self._history: dict[int, list[int]] = {}
+
+    @classmethod
+    def from_module(
+        cls,
+        module: GPT,
+        tokenizer: Tokenizer,
+        *,
+        context_overflow: str = OVERFLOW_EXTRAPOLATE,
+        notes: Mapping[str, Any] | None = None,
+    ) -> TorchModel:
+        """Wrap a loaded :class:`GPT` (e.g. one ``load_for_inference`` gave a user) for the
+        core's decode loop; puts it in eval mode. Nothing is copied."""
+        module.eval()
+        return cls(module, tokenizer, context_overflow=context_overflow, notes=notes)
+
+    def forward(self, rows: Sequence[int], tokens: Sequence[Sequence[int]]) -> np.ndarray:
+        if len(rows) != len(tokens):
+            raise ValueError(f"{len(rows)} rows but {len(tokens)} token lists")
+        if len(set(rows)) != len(rows) or any(r < 0 for r in rows):
+            raise ValueError(f"rows must be distinct non-negative integers, got {list(rows)}")
+        if any(len(new) == 0 for new in tokens):
+            raise ValueError("every row needs at least one new token")
+        feed = [self._window(row, list(new)) for row, new in zip(rows, tokens, strict=True)]
+        out = np.empty((len(rows), self.config.vocab_size), dtype=np.float32)
+        decoding = [i for i, new in enumerate(feed) if len(new) == 1]
+        prefilling = [i for i, new in enumerate(feed) if len(new) > 1]
+        for group in (decoding, prefilling):
+            if not group:
+                continue
+            group.sort(key=lambda i: rows[i])  # ascending slots: the cache is read as a view
+            logits = self.module.step(
+                self._cache, [rows[i] for i in group], [feed[i] for i in group]
+            )
+            out[group] = logits.float().cpu().numpy()
+        return out
+
+    def _window(self, row: int, new: list[int]) -> list[int]:
+        """The tokens to run for ``row``: ``new``, or under ``truncate`` a whole recomputed
+        window when the row would grow past ``context_length``."""
+        if self.context_overflow != OVERFLOW_TRUNCATE:
+            return new
+        history = self._history.setdefault(row, [])
+        history.extend(new)
+        limit = self.context_length
+        if len(history) <= limit:
+            return new
+        del history[:-limit]
+        self._cache.release(row)
+        return list(history)
+
+    def release(self, rows: Sequence[int]) -> None:
+        for row in rows:
+            self._cache.release(row)
+            self._history.pop(row, None)
+
+    def close(self) -> None:
+        device = self.device
+        self._cache = None
+        self.module = None
+        self._history.clear()
+        if device.startswith("cuda"):
+            _import_torch().cuda.empty_cache()
+
+
+@hookimpl
+def gpt_simple_register_backends(register: Callable[[Backend], None]) -> None:
+    register(TorchBackend())

@@ -1,0 +1,159 @@
+"""Reading weights: formats, the compile prefix, strict key/shape checks, refusing pickles."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gpt_simple_core.checkpoints.model_config import ModelConfig
+from gpt_simple_core.errors import CheckpointError
+from gpt_simple_torch.loading import load_model, read_state_dict
+from tests.conftest import REPO_ROOT
+from tests.support.checkpoints import random_state_dict, small_config, write_checkpoint
+from tests.torch.helpers import full_logits
+
+pytestmark = pytest.mark.torch
+
+
+def weights_path(checkpoint: Path) -> Path:
+    model = checkpoint / "model"
+    return next(p for p in (model / "model.safetensors", model / "pytorch_model.bin") if p.exists())
+
+
+def test_safetensors_and_bin_load_the_same_model(tmp_path: Path, config: ModelConfig) -> None:
+    st = write_checkpoint(tmp_path / "st", config, weights_format="safetensors", seed=2)
+    pt = write_checkpoint(tmp_path / "pt", config, weights_format="bin", seed=2)
+    a = load_model(weights_path(st), config)
+    b = load_model(weights_path(pt), config)
+    for key, value in a.state_dict().items():
+        assert torch.equal(value, b.state_dict()[key]), key
+    assert not a.training and not a.wte.weight.requires_grad
+    np.testing.assert_array_equal(full_logits(a, [1, 2, 3]), full_logits(b, [1, 2, 3]))
+
+
+@pytest.mark.parametrize("weights_format", ["bin", "safetensors"])
+def test_compile_prefix_is_stripped(tmp_path: Path, config: ModelConfig, weights_format) -> None:
+    weights = random_state_dict(config, seed=3)
+    prefixed = {f"_orig_mod.{key}": value for key, value in weights.items()}
+    ckpt = write_checkpoint(tmp_path, config, weights=prefixed, weights_format=weights_format)
+    model = load_model(weights_path(ckpt), config)
+    np.testing.assert_array_equal(model.wte.weight.numpy(), weights["wte.weight"])
+
+
+@pytest.mark.parametrize("weights_format", ["bin", "safetensors"])
+def test_mismatched_keys_and_shapes_are_named(
+    tmp_path: Path, config: ModelConfig, weights_format: str
+) -> None:
+    weights = random_state_dict(config)
+    del weights["h.1.ln_2.weight"]
+    weights["h.1.attn.extra.weight"] = np.zeros((4, 4), np.float32)
+    weights["h.0.attn.k_proj.weight"] = np.zeros((8, config.n_embd), np.float32)
+    ckpt = write_checkpoint(tmp_path, config, weights=weights, weights_format=weights_format)
+    with pytest.raises(CheckpointError) as error:
+        load_model(weights_path(ckpt), config)
+    message = str(error.value)
+    assert "missing keys h.1.ln_2.weight" in message
+    assert "unexpected keys h.1.attn.extra.weight" in message
+    assert "h.0.attn.k_proj.weight has shape [8, 64], config implies [64, 64]" in message
+
+
+def test_untied_config_needs_lm_head(tmp_path: Path, config: ModelConfig) -> None:
+    ckpt = write_checkpoint(tmp_path, config)  # tied weights: no lm_head.weight
+    untied = ModelConfig(**{**config.to_dict(), "tie_word_embeddings": False})
+    with pytest.raises(CheckpointError, match=r"missing keys lm_head\.weight"):
+        load_model(weights_path(ckpt), untied)
+
+
+class OpensAFile:
+    """Unpickling this object would create a file: proof of arbitrary code execution."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_bin_needing_arbitrary_unpickling_is_refused(tmp_path: Path, config) -> None:
+    ckpt = write_checkpoint(tmp_path / "ckpt", config, weights_format="bin")
+    path = weights_path(ckpt)
+    marker = tmp_path / "code-ran"
+    state = torch.load(path, weights_only=True)
+    state["trainer_hook"] = OpensAFile(marker)
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="arbitrary unpickling") as error:
+        load_model(path, config)
+    assert "it references io.open" in str(error.value)  # the refused global is named
+    assert not marker.exists()
+
+
+def test_bin_that_is_not_a_state_dict_is_refused(tmp_path: Path, config) -> None:
+    path = tmp_path / "pytorch_model.bin"
+    torch.save([torch.zeros(2)], path)
+    with pytest.raises(CheckpointError, match="expected a state dict"):
+        read_state_dict(path)
+
+
+def test_unreadable_weights_are_reported(tmp_path: Path) -> None:
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        path = tmp_path / name
+        path.write_bytes(b"not weights at all")
+        with pytest.raises(CheckpointError, match=name):
+            read_state_dict(path)
+
+
+def test_cast_to_requested_dtype(tmp_path: Path, config: ModelConfig) -> None:
+    ckpt = write_checkpoint(tmp_path, config)
+    model = load_model(weights_path(ckpt), config, dtype="bf16")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert model.rotary.inv_freq.dtype == torch.float32  # angles stay exact
+    assert np.isfinite(full_logits(model, [1, 2, 3])).all()
+
+
+PEAK_SCRIPT = """
+import json, sys
+from pathlib import Path
+import torch
+from gpt_simple_core.checkpoints.model_config import ModelConfig
+from gpt_simple_torch.loading import load_model
+
+def status(key):
+    lines = Path("/proc/self/status").read_text().splitlines()
+    return 1024 * int(next(line for line in lines if line.startswith(key)).split()[1])
+
+torch.set_num_threads(1)
+config = ModelConfig.from_file(Path(sys.argv[1]) / "model" / "config.json")
+Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
+before = status("VmRSS:")
+model = load_model(Path(sys.argv[2]), config)
+model(input_ids=torch.tensor([[1, 2, 3]]))  # touches every weight
+print(json.dumps({"growth": status("VmHWM:") - before}))
+"""
+
+
+@pytest.mark.parametrize("weights_format", ["safetensors", "bin"])
+def test_loading_peaks_near_one_copy_of_the_weights(
+    tmp_path: Path, vocab_tokens: int, weights_format: str
+) -> None:
+    """Peak RSS growth while loading (and running once) stays near the weights' size."""
+    config = small_config(vocab_tokens, n_embd=512, n_layer=4, n_head=8)
+    ckpt = write_checkpoint(tmp_path, config, weights_format=weights_format)
+    weight_bytes = 4 * config.param_count()
+    result = subprocess.run(
+        [sys.executable, "-c", PEAK_SCRIPT, str(ckpt), str(weights_path(ckpt))],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO_ROOT,
+        env={"PATH": "", "OMP_NUM_THREADS": "1", "PYTHONPATH": ":".join(sys.path)},
+    )
+    growth = json.loads(result.stdout)["growth"]
+    print(f"{weights_format}: peak RSS growth {growth / weight_bytes:.2f}x of {weight_bytes} B")
+    # two copies (initialise, then load) would be 2x; the rest is code paged in by the forward
+    assert 0.5 * weight_bytes < growth < 1.5 * weight_bytes  # lower bound: it did measure

@@ -1,0 +1,182 @@
+"""The model math: logits against transformers' Llama and an independent numpy reference."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from gpt_simple_core.checkpoints.model_config import ModelConfig
+from gpt_simple_torch.model import GPT
+from tests.support.checkpoints import small_config
+from tests.torch.helpers import build_gpt
+from tests.torch.reference import reference_logits
+
+pytestmark = pytest.mark.torch
+
+TOLERANCE = 1e-4
+# Two sequences of different content, long enough for RoPE angles of several radians.
+SEQ_LEN = 24
+
+LLAMA_NAMES = {
+    "ln_1": "input_layernorm",
+    "ln_2": "post_attention_layernorm",
+    "attn.q_proj": "self_attn.q_proj",
+    "attn.k_proj": "self_attn.k_proj",
+    "attn.v_proj": "self_attn.v_proj",
+    "attn.c_proj": "self_attn.o_proj",
+    "mlp.c_gate": "mlp.gate_proj",
+    "mlp.c_up": "mlp.up_proj",
+    "mlp.c_down": "mlp.down_proj",
+}
+
+
+def to_llama(config: ModelConfig, weights: Mapping[str, np.ndarray]) -> LlamaForCausalLM:
+    """``LlamaForCausalLM`` (eager attention, fp32) holding ``weights``.
+
+    Only for the Llama-equivalent settings: swish, gated MLP, RMSNorm, biases all on or all
+    off. Linear RoPE scaling is transformers' ``linear`` rope type with the same factor; NTK is
+    plain RoPE with theta = base x factor.
+    """
+    assert (config.activation, config.mlp_type, config.norm) == ("swish", "gated", "rmsnorm")
+    assert len({config.has_qkv_bias, config.has_attn_out_bias, config.has_mlp_bias}) == 1
+    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": config.rope_base}
+    if config.rope_scaling_type == "linear":
+        rope = {"rope_type": "linear", "rope_theta": config.rope_base}
+        rope["factor"] = config.rope_scaling_factor
+    elif config.rope_scaling_type == "ntk":
+        rope["rope_theta"] = config.rope_base * config.rope_scaling_factor
+    llama_config = LlamaConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=config.n_embd,
+        intermediate_size=config.ffn_size,
+        num_hidden_layers=config.n_layer,
+        num_attention_heads=config.n_head,
+        num_key_value_heads=config.n_kv_head or config.n_head,
+        max_position_embeddings=config.n_positions,
+        rms_norm_eps=config.norm_eps,
+        rope_parameters=rope,
+        tie_word_embeddings=config.tie_word_embeddings,
+        attention_bias=config.has_qkv_bias,
+        mlp_bias=config.has_mlp_bias,
+        hidden_act="silu",
+    )
+    llama_config._attn_implementation = "eager"
+    mapped = {}
+    for key, value in weights.items():
+        if key == "wte.weight":
+            name = "model.embed_tokens.weight"
+        elif key.startswith("ln_f."):
+            name = "model.norm." + key.removeprefix("ln_f.")
+        elif key == "lm_head.weight":
+            name = key
+        else:  # h.{i}.{module}.{param}
+            _, layer, rest = key.split(".", 2)
+            module, param = rest.rsplit(".", 1)
+            name = f"model.layers.{layer}.{LLAMA_NAMES[module]}.{param}"
+        mapped[name] = torch.from_numpy(np.ascontiguousarray(value))
+    if config.tie_word_embeddings:
+        mapped["lm_head.weight"] = mapped["model.embed_tokens.weight"]
+    model = LlamaForCausalLM(llama_config).eval()
+    model.load_state_dict(mapped, strict=True)
+    return model
+
+
+def sequences(config: ModelConfig, seed: int = 1) -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, 300, size=(2, SEQ_LEN)))
+
+
+LLAMA_CASES = {
+    "default": {},
+    "gqa": {"n_kv_head": 2},
+    "multi-query": {"n_kv_head": 1, "n_head": 8},
+    "untied": {"tie_word_embeddings": False},
+    "linear-rope": {"rope_scaling_type": "linear", "rope_scaling_factor": 4.0},
+    "ntk-rope": {"rope_scaling_type": "ntk", "rope_scaling_factor": 8.0, "rope_base": 500.0},
+    "all-biases": {"use_bias": True, "n_kv_head": 2},
+}
+
+
+@pytest.mark.parametrize("overrides", LLAMA_CASES.values(), ids=LLAMA_CASES.keys())
+def test_logits_match_transformers_llama(vocab_tokens: int, overrides: dict) -> None:
+    config = small_config(vocab_tokens, **overrides)
+    model, weights = build_gpt(config)
+    ids = sequences(config)
+    with torch.no_grad():
+        ours = model(input_ids=ids).logits
+        theirs = to_llama(config, weights)(input_ids=ids).logits
+    assert ours.shape == (2, SEQ_LEN, config.vocab_size)
+    assert (ours - theirs).abs().max().item() <= TOLERANCE
+    assert theirs.std().item() > 0.5  # the comparison is not between near-zero logits
+
+
+VARIANT_CASES = {
+    "default": {},
+    "layernorm": {"norm": "layernorm"},
+    "plain-mlp-gelu": {"mlp_type": "mlp", "activation": "gelu"},
+    "gated-relu": {"activation": "relu"},
+    "plain-mlp-relu-gqa": {"mlp_type": "mlp", "activation": "relu", "n_kv_head": 2},
+    "qkv-bias-only": {"qkv_bias": True},
+    "out-and-mlp-bias": {"attn_out_bias": True, "mlp_bias": True},
+    "biases-but-qkv": {"use_bias": True, "qkv_bias": False, "norm": "layernorm"},
+    "explicit-ffn-untied": {"intermediate_size": 96, "tie_word_embeddings": False},
+    "linear-rope-gelu": {"rope_scaling_type": "linear", "rope_scaling_factor": 2.0},
+}
+
+
+@pytest.mark.parametrize("overrides", VARIANT_CASES.values(), ids=VARIANT_CASES.keys())
+def test_logits_match_numpy_reference(vocab_tokens: int, overrides: dict) -> None:
+    config = small_config(vocab_tokens, **overrides)
+    model, weights = build_gpt(config, seed=3)
+    ids = sequences(config, seed=4)[0]
+    with torch.no_grad():
+        ours = model(input_ids=ids[None]).logits[0].numpy()
+    expected = reference_logits(config, weights, ids.tolist())
+    assert np.abs(ours - expected).max() <= TOLERANCE
+    assert expected.std() > 0.5
+
+
+def test_numpy_reference_agrees_with_llama(vocab_tokens: int) -> None:
+    """The numpy reference is itself checked where transformers can check it."""
+    config = small_config(vocab_tokens, n_kv_head=2, rope_scaling_type="ntk")
+    _, weights = build_gpt(config, seed=5)
+    ids = sequences(config, seed=6)[0]
+    with torch.no_grad():
+        llama = to_llama(config, weights)(input_ids=ids[None]).logits[0].numpy()
+    assert np.abs(reference_logits(config, weights, ids.tolist()) - llama).max() <= TOLERANCE
+
+
+def test_loss_is_shifted_cross_entropy(config: ModelConfig) -> None:
+    model, _ = build_gpt(config)
+    ids = sequences(config)
+    out = model(input_ids=ids, labels=ids)
+    expected = torch.nn.functional.cross_entropy(
+        out.logits[:, :-1].reshape(-1, config.vocab_size), ids[:, 1:].reshape(-1)
+    )
+    assert torch.allclose(out.loss, expected)
+    out.loss.backward()  # trainable: gradients reach the embedding through the tied head
+    assert model.wte.weight.grad is not None
+
+
+def test_fresh_model_is_initialised_for_training(config: ModelConfig) -> None:
+    torch.manual_seed(0)
+    model = GPT(config)
+    assert model.config is config
+    assert abs(model.wte.weight.std().item() - 0.02) < 0.002
+    # residual projections are scaled down by sqrt(2 * n_layer)
+    assert model.h[0].attn.c_proj.weight.std().item() < 0.015
+    assert torch.equal(model.h[0].ln_1.weight, torch.ones(config.n_embd))
+    assert sorted(model.state_dict()) == sorted(config.state_dict_shapes())
+
+
+def test_from_state_dict_shares_the_given_tensors(config: ModelConfig) -> None:
+    """Loading assigns the caller's tensors (no random init, no copy)."""
+    model, _ = build_gpt(config)
+    tensors = {k: v.clone() for k, v in model.state_dict().items()}
+    loaded = GPT.from_state_dict(config, tensors)
+    assert loaded.wte.weight.data_ptr() == tensors["wte.weight"].data_ptr()
+    assert loaded.rotary.inv_freq.device.type == "cpu"
