@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cli import read_jsonl, subprocess_env, toy_cli_command, write_jsonl
+from tests.support.cli import read_jsonl, run_toy_cli, subprocess_env, write_jsonl
 from tests.support.toy_backend import write_toy_checkpoint
 
 
@@ -124,23 +124,10 @@ def test_batch_mixes_native_and_another_backend(native_reference: Path, cases, t
         )
     source = write_jsonl(tmp_path / "in.jsonl", records)
     output = tmp_path / "out.jsonl"
-    result = subprocess.run(
-        toy_cli_command(
-            "--log-format",
-            "json",
-            "batch-generate",
-            "--input",
-            str(source),
-            "--output",
-            str(output),
-        ),
-        cwd=tmp_path,
-        env=subprocess_env(GPT_SIMPLE_PLUGINS="native"),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_toy_cli(
+        ["--log-format", "json", "batch-generate", "--input", str(source), "--output", str(output)],
+        cwd=tmp_path, GPT_SIMPLE_PLUGINS="native",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     outputs = read_jsonl(output)
     assert [o["id"] for o in outputs] == [r["id"] for r in records]
