@@ -1,4 +1,7 @@
-"""Small helpers shared by the core tests: JSONL files, the CLI in-process and in a subprocess."""
+"""Small helpers shared by the core tests: the CLI in a subprocess, test backends, tokenizers.
+
+JSONL files and the in-process CLI live in :mod:`tests.support.cli` (other suites use them too)
+and are re-exported here."""
 
 from __future__ import annotations
 
@@ -6,58 +9,25 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pytest
 from tokenizers import Tokenizer as HF
 from tokenizers import models, pre_tokenizers
 
-from gpt_simple_core.cli.main import main
 from gpt_simple_core.hookspecs import hookimpl
 from gpt_simple_core.plugin_manager import get_plugin_manager
 from gpt_simple_core.protocol import AUTO, Backend
 from gpt_simple_core.records.schema import GenerationParams
 
+# Re-exported (the `as` form) for the core tests, which import them from here.
+from tests.support.cli import cli as cli
+from tests.support.cli import read_jsonl as read_jsonl
+from tests.support.cli import run_batch as run_batch
+from tests.support.cli import write_jsonl as write_jsonl
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def write_jsonl(path: Path, lines: Iterable[dict[str, Any] | str]) -> Path:
-    """One line per item: dicts are dumped, strings are written as they are."""
-    text = "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines)
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-
-
-def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """Run ``gpt-simple ARGV`` in this process: (exit status, stdout, stderr)."""
-    capsys.readouterr()
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:  # argparse
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def run_batch(
-    capsys: pytest.CaptureFixture[str], folder: Path, records: Iterable[dict | str], *flags: str
-) -> tuple[int, list[dict[str, Any]], str]:
-    """``batch-generate`` over ``records`` in this process, output to a file:
-    (exit status, output records, stderr). Nothing may reach stdout."""
-    source = write_jsonl(folder / "in.jsonl", records)
-    output = folder / "out.jsonl"
-    output.unlink(missing_ok=True)
-    code, out, err = cli(
-        capsys, "batch-generate", "--input", str(source), "--output", str(output), *flags
-    )
-    assert out == ""
-    return code, (read_jsonl(output) if output.exists() else []), err
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
