@@ -73,12 +73,21 @@ def _read_index(path: Path) -> dict[str, Any]:
     return index if isinstance(index, dict) else {}
 
 
+def _umask_mode(mode: int) -> int:
+    """``mode`` as the umask lets files be created: mkstemp/mkdtemp make private (0600/0700)
+    files, which would make a cache shared by a group unusable to the others."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
 def _write_atomically(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(temp, _umask_mode(0o666))
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
@@ -215,6 +224,7 @@ class ONNXCache:
             (temp / OWNER_FILE).write_text(json.dumps(owner), encoding="utf-8")
             write(temp)
             (temp / OWNER_FILE).unlink()
+            temp.chmod(_umask_mode(0o777))
             final = self.entry(key)
             try:
                 os.rename(temp, final)  # atomic; fails if the entry exists
