@@ -15,7 +15,7 @@ from gpt_simple_core.records.schema import GenerationParams
 from gpt_simple_torch.plugin import TorchModel
 from tests.support.checkpoints import TRAINING_TEXT, small_config, write_run_dir, write_tokenizer
 from tests.support.cli import subprocess_env, write_jsonl
-from tests.support.near_tie import explain_divergence, planned, run_tokens
+from tests.support.near_ties import explain_divergence, planned, run_tokens
 from tests.torch.helpers import build_gpt
 
 pytestmark = pytest.mark.torch
