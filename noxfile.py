@@ -12,7 +12,7 @@ import os
 import nox
 
 nox.options.default_venv_backend = "virtualenv"
-nox.options.sessions = ["lint", "tests", "native", "torch", "plugin_template", "docs"]
+nox.options.sessions = ["lint", "tests", "native", "torch", "plugin_template", "docs", "compat"]
 nox.options.error_on_missing_interpreters = True
 
 PYTHON = "3.11"

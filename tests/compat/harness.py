@@ -67,9 +67,11 @@ class HarnessError(RuntimeError):
 
 def trainer_env(workdir: Path) -> dict[str, str]:
     """The trainer's environment: ours minus anything that could put our ``gpt_simple`` on its
-    path, with its caches (hub, accelerate) inside ``workdir``."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    env.pop("VIRTUAL_ENV", None)
+    path, with its caches (hub, accelerate) inside ``workdir``. Bytecode writing is allowed:
+    its virtualenv is installed without compiling (faster), so the first import writes the
+    ``.pyc`` files the later runs read."""
+    drop = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONDONTWRITEBYTECODE")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(COMMON_ENV)
     env["HF_HOME"] = str(workdir / "hf-home")
     return env
@@ -158,6 +160,9 @@ def ensure_trainer_venv(cache_root: Path) -> Path:
             "install",
             "--quiet",
             "--disable-pip-version-check",
+            # Compiling all of torch's .py files takes longer than installing it; the few
+            # modules the trainer imports are compiled on first use instead.
+            "--no-compile",
             "-c",
             CONSTRAINTS,
             *TRAINER_REQUIREMENTS,
@@ -198,7 +203,7 @@ TOPICS = (
 # how the EOS handling gets compared (the long topics are cut into windows, and the windows
 # with their ends are packed behind other text, so they are not reproducible from a prompt).
 SHORT_DOCUMENTS = 8
-TRAIN_REPEATS = 80  # its loader reads each shard once: enough text for every step
+TRAIN_REPEATS = 60  # its loader reads each shard once: ~300k tokens for 240 x 8 x 128
 TOKENIZER_SIZE = 500  # + the trainer's <|pad|> = 501, so vocab_size 512 has a padding band
 
 # Two architectures, trained side by side (one thread each). "llama" is the trainer's default
