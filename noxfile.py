@@ -7,10 +7,14 @@ virtualenv backend is used on purpose (uv does not see the local torch wheel).
 
 from __future__ import annotations
 
+import os
+
 import nox
 
 nox.options.default_venv_backend = "virtualenv"
-nox.options.sessions = ["lint", "tests", "native", "torch", "onnx", "plugin_template", "docs"]
+nox.options.sessions = [
+    "lint", "tests", "native", "torch", "onnx", "plugin_template", "docs", "compat",
+]  # fmt: skip
 nox.options.error_on_missing_interpreters = True
 
 PYTHON = "3.11"
@@ -84,3 +88,21 @@ def docs(session: nox.Session) -> None:
     """The documentation builds without warnings."""
     session.install(*CONSTRAINTS, ".[docs]")
     session.run("mkdocs", "build", "--strict", "--site-dir", f"{session.create_tmp()}/site")
+
+
+@nox.session(python=PYTHON)
+def compat(session: nox.Session) -> None:
+    """Our PyTorch backend against the trainer's own generation (gpt-simple-lm 0.1.2).
+
+    This virtualenv holds ours; the tests build the trainer's in a second one (both install the
+    import package ``gpt_simple``), kept in nox's cache folder and reused until its requirements
+    change. They train two tiny models with the trainer's CLI and compare greedy text and
+    logits. See "Trainer compatibility" in docs/backends.md.
+    """
+    session.install(*CONSTRAINTS, ".[torch,test]")
+    session.env["GPT_SIMPLE_COMPAT"] = "1"
+    session.env["GPT_SIMPLE_COMPAT_CACHE"] = os.path.join(session.cache_dir, "compat")
+    # Its own basetemp: pytest's shared /tmp/pytest-of-USER keeps only the last 3 runs of
+    # anyone's, and the printed summary points at the run's files for inspection.
+    basetemp = os.path.join(session.create_tmp(), "pytest")
+    run_pytest(session, "--basetemp", basetemp, "-m", "compat", "tests/compat")
