@@ -143,6 +143,14 @@ class TorchBackend(Backend):
                 dtype = "fp32"
         return attrs.evolve(request, device=device, dtype=dtype)
 
+    def adopt(self, model: Any, tokenizer: Any) -> TorchModel | None:
+        """Wrap a :class:`GPT` a user got from ``load_for_inference`` for ``generate``."""
+        if "torch" not in sys.modules:  # no torch imported: it cannot be one of our modules
+            return None
+        from gpt_simple_torch.model import GPT
+
+        return TorchModel.from_module(model, tokenizer) if isinstance(model, GPT) else None
+
     def load(self, checkpoint: CheckpointInfo, request: LoadRequest) -> TorchModel:
         request = self.resolve(request)
         if request.dtype == "fp16" and request.device.split(":", 1)[0] == "cpu":
@@ -220,6 +228,10 @@ class TorchModel(LoadedModel):
         core's decode loop; puts it in eval mode. Nothing is copied."""
         module.eval()
         return cls(module, tokenizer, context_overflow=context_overflow, notes=notes)
+
+    def public_model(self) -> GPT:
+        """The ``nn.Module``, as the trainer's ``load_for_inference`` returned it."""
+        return self.module
 
     def forward(self, rows: Sequence[int], tokens: Sequence[Sequence[int]]) -> np.ndarray:
         if len(rows) != len(tokens):

@@ -21,14 +21,10 @@ import torch
 
 
 def _module_and_loaded(model, tokenizer):
-    """Our ``nn.Module`` and a backend model driving its KV-cached path, from whatever
-    ``gpt_simple.load_for_inference`` returned.
-
-    The API documents the module (so ``model(input_ids=ids).logits`` works as in the trainer);
-    the torch backend of this revision returns its ``TorchModel`` wrapper instead (see the
-    report in docs/backends.md). Accept both, so this comparison measures the numerics either
-    way, and ``test_load_for_inference_returns_the_module`` tracks the API shape on its own.
-    """
+    """Our ``nn.Module`` (what ``gpt_simple.load_for_inference`` returns, so
+    ``model(input_ids=ids).logits`` works as in the trainer) and a backend model driving its
+    KV-cached path. ``test_load_for_inference_returns_the_module`` checks the API shape; this
+    accepts a wrapper too so the numerics are compared either way."""
     from gpt_simple_torch.plugin import TorchModel
 
     if isinstance(model, torch.nn.Module):

@@ -100,11 +100,10 @@ def test_the_check_covers_eos_and_extrapolation(compat_run: CompatRun) -> None:
 def test_load_for_inference_returns_the_module(compat_run: CompatRun) -> None:
     """The API contract the trainer's scripts rely on: ``model(input_ids=ids).logits``."""
     types = {run["model_type"] for run in compat_run.ours["runs"]}
-    if types != {"gpt_simple_torch.model.GPT"}:
-        pytest.xfail(
-            f"gpt_simple.load_for_inference returned {sorted(types)}, not the nn.Module the "
-            f"API docstring and the trainer promise (TorchModel has no public_model/adopt yet)"
-        )
+    assert types == {"gpt_simple_torch.model.GPT"}, (
+        f"gpt_simple.load_for_inference returned {sorted(types)}, not the nn.Module the "
+        "API docstring and the trainer promise"
+    )
 
 
 # --- self-tests of the comparison, on altered copies of the real results ---------------------
