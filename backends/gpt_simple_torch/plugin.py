@@ -184,6 +184,13 @@ class TorchBackend(Backend):
         )
 
 
+def activation_bytes_per_token(config: ModelConfig, dtype_bytes: int) -> int:
+    """Transient bytes one token of a forward call needs: hidden states, q/k/v and the MLP's
+    intermediates in the model dtype, plus fp32 attention scores over the trained context."""
+    hidden = 6 * config.n_embd + 3 * config.ffn_size
+    return dtype_bytes * hidden + 4 * config.n_head * config.n_positions
+
+
 class TorchModel(LoadedModel):
     """A :class:`~gpt_simple_torch.model.GPT` driven by the core's decode loop.
 
@@ -224,6 +231,11 @@ class TorchModel(LoadedModel):
         self.context_overflow = _checked_overflow(context_overflow)
         self.notes = dict(notes or {})
         self._cache = KVCache(self.config, dtype=weight.dtype, device=weight.device)
+        # What the core sizes its batches with (protocol.LoadedModel).
+        self.kv_bytes_per_token = self.config.kv_bytes_per_token(weight.element_size())
+        self.activation_bytes_per_token = activation_bytes_per_token(
+            self.config, weight.element_size()
+        )
         # Token ids per row, kept only to recompute a truncated window.
         self._history: dict[int, list[int]] = {}
 
@@ -275,6 +287,12 @@ class TorchModel(LoadedModel):
         del history[:-limit]
         self._cache.release(row)
         return list(history)
+
+    def reserve(self, rows: int, max_tokens: int) -> None:
+        """Allocate the cache for ``rows`` rows of ``max_tokens`` once, instead of growing
+        it (each growth copies the whole cache) while the first rows decode."""
+        limit = self.context_length if self.context_overflow == OVERFLOW_TRUNCATE else None
+        self._cache.reserve(rows, min(max_tokens, limit) if limit else max_tokens)
 
     def release(self, rows: Sequence[int]) -> None:
         for row in rows:
