@@ -10,7 +10,7 @@ from __future__ import annotations
 import nox
 
 nox.options.default_venv_backend = "virtualenv"
-nox.options.sessions = ["lint", "tests", "native", "torch", "plugin_template", "docs"]
+nox.options.sessions = ["lint", "tests", "native", "torch", "onnx", "plugin_template", "docs"]
 nox.options.error_on_missing_interpreters = True
 
 PYTHON = "3.11"
@@ -59,6 +59,17 @@ def torch(session: nox.Session) -> None:
     """The PyTorch backend against transformers and reference forwards (CPU)."""
     session.install(*CONSTRAINTS, ".[torch,test-torch]")
     run_pytest(session, "tests/torch")
+
+
+@nox.session(python=PYTHON)
+def onnx(session: nox.Session) -> None:
+    """The ONNX Runtime backend and exporter against the PyTorch backend (CPU).
+
+    No transformers here (the ``test`` extra, not ``test-torch``): the onnx suite's reference
+    is the torch backend, which the torch session checks against transformers.
+    """
+    session.install(*CONSTRAINTS, ".[onnx,export,test]")
+    run_pytest(session, "tests/onnx")
 
 
 @nox.session(python=PYTHON)

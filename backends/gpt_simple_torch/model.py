@@ -16,7 +16,9 @@ Two ways to run it:
 * :meth:`GPT.forward` over whole sequences, no cache: what training and scripts written for the
   trainer use (``model(input_ids=ids).logits``);
 * :meth:`GPT.step` over a batch of rows that each continue a sequence held in a
-  :class:`KVCache`: what the inference runner (``plugin.TorchModel``) uses.
+  :class:`KVCache`: what the inference runner (``plugin.TorchModel``) uses;
+* :meth:`GPT.forward_past` with the past keys and values passed in and returned: the
+  decoder-with-past signature that the ONNX export traces (``gpt_simple_onnx.export``).
 """
 
 from __future__ import annotations
@@ -183,6 +185,21 @@ class CachedStep:
     span: int
 
 
+def additive_mask(attention_mask: Tensor, new_tokens: int | Tensor, dtype: torch.dtype) -> Tensor:
+    """[B, 1, T, P + T] additive mask for :meth:`GPT.forward_past`: 0 where query ``t`` (index
+    ``P + t``) may see key ``j`` (``j <= P + t`` and ``attention_mask[b, j]`` is 1), else the
+    dtype's most negative finite value. Not -inf: a query that sees nothing (padding) then gets
+    a uniform softmax instead of NaN."""
+    device = attention_mask.device
+    total = attention_mask.shape[1]
+    keys = torch.arange(total, device=device)
+    queries = torch.arange(new_tokens, device=device) + (total - new_tokens)
+    visible = (keys[None, :] <= queries[:, None])[None] & attention_mask[:, None, :].bool()
+    zero = torch.zeros((), dtype=dtype, device=device)
+    blocked = torch.full((), torch.finfo(dtype).min, dtype=dtype, device=device)
+    return torch.where(visible, zero, blocked)[:, None]
+
+
 # Layers ---------------------------------------------------------------------------------------
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
@@ -195,6 +212,21 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(e, e, bias=config.has_attn_out_bias)
         self.dropout = config.dropout
 
+    def project(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries [B, n_head, T, head_dim] and keys, values [B, kv_heads, T, head_dim] of
+        ``x`` [B, T, n_embd], RoPE applied to queries and keys: the part every path shares."""
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def output(self, y: Tensor) -> Tensor:
+        """Merge the heads of ``y`` [B, n_head, T, head_dim] and project back to n_embd."""
+        B, _, T, _ = y.shape
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
+        return F.dropout(self.c_proj(y), self.dropout, self.training)
+
     def forward(
         self,
         x: Tensor,
@@ -205,11 +237,7 @@ class CausalSelfAttention(nn.Module):
     ) -> Tensor:
         """``x`` [B, T, n_embd]; with ``cache`` (this layer's k, v) and ``step``, continue the
         cached sequences instead of attending causally within ``x``."""
-        B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = self.project(x, cos, sin)
         # enable_gqa lets each group of query heads read its shared k/v head without copying it
         gqa = self.kv_heads != self.n_head
         if cache is None or step is None:
@@ -225,8 +253,21 @@ class CausalSelfAttention(nn.Module):
             keys = k_cache[step.read, :, : step.span]
             values = v_cache[step.read, :, : step.span]
             y = F.scaled_dot_product_attention(q, keys, values, attn_mask=step.mask, enable_gqa=gqa)
-        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
-        return F.dropout(self.c_proj(y), self.dropout, self.training)
+        return self.output(y)
+
+    def forward_past(
+        self, x: Tensor, cos: Tensor, sin: Tensor, past: tuple[Tensor, Tensor], mask: Tensor
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """The explicit-past path (what an exported graph computes): attend from ``x``
+        [B, T, n_embd] over ``past`` keys and values [B, kv_heads, P, head_dim] followed by
+        the new ones, under the additive ``mask`` [B, 1, T, P + T]. Returns the output and the
+        present keys and values [B, kv_heads, P + T, head_dim]."""
+        q, k, v = self.project(x, cos, sin)
+        keys = torch.cat((past[0], k), dim=2)
+        values = torch.cat((past[1], v), dim=2)
+        gqa = self.kv_heads != self.n_head
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=gqa)
+        return self.output(y), (keys, values)
 
 
 class GatedMLP(nn.Module):
@@ -279,6 +320,14 @@ class Block(nn.Module):
     ) -> Tensor:
         x = x + self.attn(self.ln_1(x), cos, sin, cache, step)
         return x + self.mlp(self.ln_2(x))
+
+    def forward_past(
+        self, x: Tensor, cos: Tensor, sin: Tensor, past: tuple[Tensor, Tensor], mask: Tensor
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """:meth:`forward` with an explicit past (see :meth:`GPT.forward_past`)."""
+        y, present = self.attn.forward_past(self.ln_1(x), cos, sin, past, mask)
+        x = x + y
+        return x + self.mlp(self.ln_2(x)), present
 
 
 @dataclass
@@ -363,6 +412,32 @@ class GPT(nn.Module):
                 logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100
             )
         return CausalLMOutput(logits=logits, loss=loss)
+
+    def forward_past(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        position_ids: Tensor,
+        past: Sequence[tuple[Tensor, Tensor]],
+    ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        """The decoder-with-past step, with every piece of state passed in and out: what the
+        ONNX export traces (``gpt_simple_onnx.export``), one graph for prefill and decode.
+
+        ``input_ids`` and ``position_ids`` are [B, T]; ``past`` holds each layer's keys and
+        values [B, kv_heads, P, head_dim] (P may be 0); ``attention_mask`` [B, P + T] is 1 for
+        real tokens and 0 for padding anywhere in the past or the new tokens. New token ``t``
+        sees every real key at index ``<= P + t``, so causality is by index and positions come
+        only from ``position_ids``. Returns logits [B, T, vocab] and each layer's present keys
+        and values [B, kv_heads, P + T, head_dim].
+        """
+        x = self.wte(input_ids)
+        cos, sin = self.rotary(position_ids, x.dtype)
+        mask = additive_mask(attention_mask, input_ids.shape[1], x.dtype)
+        presents = []
+        for block, layer_past in zip(self.h, past, strict=True):
+            x, present = block.forward_past(x, cos, sin, layer_past, mask)
+            presents.append(present)
+        return self._head(x), presents
 
     @torch.inference_mode()
     def step(self, cache: KVCache, slots: Sequence[int], tokens: Sequence[Sequence[int]]) -> Tensor:

@@ -7,11 +7,9 @@ imported when a request is resolved or a model is loaded.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
@@ -19,6 +17,7 @@ import numpy as np
 
 from gpt_simple_core.checkpoints.hf_tokenizer import HFTokenizer
 from gpt_simple_core.checkpoints.model_config import ModelConfig
+from gpt_simple_core.cpus import usable_cpus
 from gpt_simple_core.errors import BackendError, CheckpointError
 from gpt_simple_core.hookspecs import hookimpl
 from gpt_simple_core.protocol import (
@@ -63,25 +62,6 @@ def _import_torch() -> ModuleType:
     import torch
 
     return torch
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on: its affinity mask, capped by a cgroup v2 CPU quota.
-
-    ``os.cpu_count()`` counts the machine; a Slurm job, a container or a ``taskset`` may get
-    fewer, and more threads than usable CPUs means threads queueing behind each other.
-    """
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, cpus)
 
 
 def default_threads() -> int:

@@ -11,6 +11,7 @@ import json
 import math
 import struct
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -183,6 +184,35 @@ def describe_state_dict_mismatch(
     return "; ".join(parts)
 
 
+def check_tokenizer(
+    tokenizer_dir: Path, config: ModelConfig, checkpoint: Path
+) -> tuple[int | None, dict[str, Any], list[str]]:
+    """Load the tokenizer and check that it fits ``config``: (EOS id, details for
+    :class:`CheckpointInfo`, plan warnings). A tokenizer larger than the model's vocabulary
+    belongs to another model and raises :class:`CheckpointError`. Shared with formats derived
+    from gpt-simple checkpoints (e.g. ONNX exports), which carry the same config and tokenizer.
+    """
+    tok = HFTokenizer(tokenizer_dir)
+    details: dict[str, Any] = {
+        "tokenizer_size": len(tok),
+        "max_token_bytes": tok.max_token_bytes(),
+    }
+    warnings: list[str] = []
+    if len(tok) > config.vocab_size:
+        raise CheckpointError(
+            f"tokenizer {tokenizer_dir} has {len(tok)} tokens but the model's vocab_size is "
+            f"{config.vocab_size}: this tokenizer does not belong to checkpoint {checkpoint}"
+        )
+    if config.vocab_size != 128 * math.ceil(len(tok) / 128):
+        warnings.append(
+            f"vocab_size {config.vocab_size} is not the tokenizer size {len(tok)} rounded up "
+            f"to 128: check that tokenizer {tokenizer_dir} belongs to this checkpoint"
+        )
+    if tok.eos_token_id is None:
+        warnings.append("the tokenizer has no EOS token: records finish by length or stop string")
+    return tok.eos_token_id, details, warnings
+
+
 def inspect(path: Path, tokenizer: Path | None, load_tokenizer: bool) -> CheckpointInfo:
     """Resolve and check a gpt-simple checkpoint or run directory (no weights loaded)."""
     selected_because = None
@@ -202,28 +232,9 @@ def inspect(path: Path, tokenizer: Path | None, load_tokenizer: bool) -> Checkpo
         state = read_trainer_state(checkpoint / "trainer_state.json")
         step = state["step"] if state else None
     tokenizer_dir = find_tokenizer(checkpoint, tokenizer)
-    warnings: list[str] = []
-    eos_id = None
-    details: dict = {}
-    if load_tokenizer:
-        tok = HFTokenizer(tokenizer_dir)
-        eos_id = tok.eos_token_id
-        details["tokenizer_size"] = len(tok)
-        details["max_token_bytes"] = tok.max_token_bytes()
-        if len(tok) > config.vocab_size:
-            raise CheckpointError(
-                f"tokenizer {tokenizer_dir} has {len(tok)} tokens but the model's vocab_size is "
-                f"{config.vocab_size}: this tokenizer does not belong to checkpoint {checkpoint}"
-            )
-        if config.vocab_size != 128 * math.ceil(len(tok) / 128):
-            warnings.append(
-                f"vocab_size {config.vocab_size} is not the tokenizer size {len(tok)} rounded up "
-                f"to 128: check that tokenizer {tokenizer_dir} belongs to this checkpoint"
-            )
-        if eos_id is None:
-            warnings.append(
-                "the tokenizer has no EOS token: records finish by length or stop string"
-            )
+    eos_id, details, warnings = (
+        check_tokenizer(tokenizer_dir, config, checkpoint) if load_tokenizer else (None, {}, [])
+    )
     return CheckpointInfo(
         format=FORMAT,
         path=checkpoint,

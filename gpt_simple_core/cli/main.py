@@ -82,3 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         traceback.print_exc()
         print("gpt-simple: internal error (a bug; please report it)", file=sys.stderr)
         return EXIT_INTERNAL
+
+
+if __name__ == "__main__":  # python -m gpt_simple_core.cli.main
+    sys.exit(main())

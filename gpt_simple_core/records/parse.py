@@ -88,14 +88,19 @@ def _merge_dtypes(
     return model, generation_only, []
 
 
+def _structure(
+    raw: Any, cls: type[T], path: str, line: int | None, cache: _BlockCache | None
+) -> tuple[T | None, list[Problem]]:
+    if cache is None:
+        return structure_block(raw, cls, path, line)
+    return cache.structure(raw, cls, path, line or 0)
+
+
 def parse_generation(
     raw: Any, path: str = "generation", line: int | None = None, cache: _BlockCache | None = None
 ) -> tuple[GenerationSpec | None, list[Problem]]:
     """A generation block (record, config file or CLI), with ``do_sample`` folded in."""
-    if cache is not None:
-        spec, problems = cache.structure(raw, GenerationSpec, path, line or 0)
-    else:
-        spec, problems = structure_block(raw, GenerationSpec, path, line)
+    spec, problems = _structure(raw, GenerationSpec, path, line, cache)
     if spec is None:
         return None, problems
     contradictions = [Problem(line, f"{path}.{f}", m) for f, m in spec.contradictions()]
@@ -108,10 +113,7 @@ def parse_model(
     raw: Any, path: str = "model", line: int | None = None, cache: _BlockCache | None = None
 ) -> tuple[ModelSpec | None, list[Problem]]:
     """A model block; ``checkpoint`` and ``output_dir`` exclude each other."""
-    if cache is not None:
-        spec, problems = cache.structure(raw, ModelSpec, path, line or 0)
-    else:
-        spec, problems = structure_block(raw, ModelSpec, path, line)
+    spec, problems = _structure(raw, ModelSpec, path, line, cache)
     if spec is not None and spec.checkpoint is not None and spec.output_dir is not None:
         message = "give checkpoint or output_dir, not both (either accepts either kind of folder)"
         return None, [Problem(line, f"{path}.output_dir", message)]

@@ -1,98 +1,29 @@
-"""Small helpers shared by the core tests: JSONL files, the CLI in-process and in a subprocess."""
+"""Helpers of the core tests (the CLI runners live in :mod:`tests.support.cli`)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pytest
 from tokenizers import Tokenizer as HF
 from tokenizers import models, pre_tokenizers
 
-from gpt_simple_core.cli.main import main
 from gpt_simple_core.hookspecs import hookimpl
 from gpt_simple_core.plugin_manager import get_plugin_manager
 from gpt_simple_core.protocol import AUTO, Backend
 from gpt_simple_core.records.schema import GenerationParams
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def write_jsonl(path: Path, lines: Iterable[dict[str, Any] | str]) -> Path:
-    """One line per item: dicts are dumped, strings are written as they are."""
-    text = "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines)
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-
-
-def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """Run ``gpt-simple ARGV`` in this process: (exit status, stdout, stderr)."""
-    capsys.readouterr()
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:  # argparse
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def run_batch(
-    capsys: pytest.CaptureFixture[str], folder: Path, records: Iterable[dict | str], *flags: str
-) -> tuple[int, list[dict[str, Any]], str]:
-    """``batch-generate`` over ``records`` in this process, output to a file:
-    (exit status, output records, stderr). Nothing may reach stdout."""
-    source = write_jsonl(folder / "in.jsonl", records)
-    output = folder / "out.jsonl"
-    output.unlink(missing_ok=True)
-    code, out, err = cli(
-        capsys, "batch-generate", "--input", str(source), "--output", str(output), *flags
-    )
-    assert out == ""
-    return code, (read_jsonl(output) if output.exists() else []), err
-
-
-def subprocess_env(**extra: str) -> dict[str, str]:
-    """The environment of a subprocess CLI run: this checkout importable, no entry points."""
-    env = dict(os.environ)
-    paths = [str(REPO_ROOT), str(REPO_ROOT / "backends")]
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    env.update(
-        PYTHONPATH=os.pathsep.join(paths),
-        GPT_SIMPLE_PLUGINS="",
-        OMP_NUM_THREADS="1",
-        PYTHONUNBUFFERED="1",
-    )
-    env.update(extra)
-    return env
-
-
-def toy_cli_command(*argv: str) -> list[str]:
-    return [sys.executable, "-m", "tests.support.toy_cli", *argv]
-
-
-def run_toy_cli(
-    argv: Sequence[str], *, cwd: Path, timeout: float = 60, **env: str
-) -> subprocess.CompletedProcess[str]:
-    """``gpt-simple ARGV`` with the toy backend, in a subprocess."""
-    return subprocess.run(
-        toy_cli_command(*argv),
-        cwd=cwd,
-        env=subprocess_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+from tests.support.cli import (  # noqa: F401 - the core tests import them from here
+    REPO_ROOT,
+    cli,
+    read_jsonl,
+    run_batch,
+    run_toy_cli,
+    subprocess_env,
+    toy_cli_command,
+    write_jsonl,
+)
 
 
 class PlanOnlyBackend(Backend):

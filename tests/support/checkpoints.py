@@ -26,6 +26,10 @@ TRAINING_TEXT = (
     "code or by the caller. Objects are Python's abstraction for data. "
 ) * 4
 
+# A weight scale large enough that attention is peaked (scores of several units), so RoPE and
+# masking mistakes change the logits visibly; the default 0.02 leaves attention near uniform.
+PEAKED_SCALE = 0.2
+
 
 @functools.lru_cache(maxsize=4)
 def _tokenizer_json(vocab_size: int) -> str:

@@ -10,7 +10,7 @@ from gpt_simple_core.checkpoints import gpt_simple_layout
 from gpt_simple_core.protocol import LoadRequest
 from gpt_simple_torch.plugin import TorchBackend
 from tests.conftest import REPO_ROOT
-from tests.torch.helpers import greedy
+from tests.support.near_ties import greedy
 
 pytestmark = pytest.mark.torch
 

@@ -130,3 +130,34 @@ def test_from_state_dict_shares_the_given_tensors(config: ModelConfig) -> None:
     loaded = GPT.from_state_dict(config, tensors)
     assert loaded.wte.weight.data_ptr() == tensors["wte.weight"].data_ptr()
     assert loaded.rotary.inv_freq.device.type == "cpu"
+
+
+@pytest.mark.parametrize("overrides", [{}, {"n_kv_head": 2}], ids=["mha", "gqa"])
+def test_forward_past_matches_full_forward(vocab_tokens: int, overrides: dict) -> None:
+    """The explicit-past path (what the ONNX export traces): a padded past and padded new
+    tokens give each row the logits of a full forward over its real tokens."""
+    config = small_config(vocab_tokens, **overrides)
+    model, _ = build_gpt(config, seed=7)
+    ids = sequences(config, seed=8)
+    lengths = [9, 5]  # real past tokens per row; row 1's past is padded at the end
+    new = [3, 1]  # real new tokens per row; row 1's new tokens are padded
+    with torch.no_grad():
+        past_mask = torch.tensor([[1] * 9, [1] * 5 + [0] * 4])
+        first_pos = torch.arange(9)[None].expand(2, 9)
+        _, past = model.forward_past(
+            ids[:, :9], past_mask, first_pos, [(empty, empty) for empty in empty_past(config)]
+        )
+        step_ids = torch.stack([ids[0, 9:12], torch.cat([ids[1, 5:6], ids[1, :2]])])
+        step_mask = torch.cat([past_mask, torch.tensor([[1, 1, 1], [1, 0, 0]])], dim=1)
+        step_pos = torch.tensor(lengths)[:, None] + torch.arange(3)
+        logits, presents = model.forward_past(step_ids, step_mask, step_pos, past)
+        for row in range(2):
+            real = ids[row, : lengths[row] + new[row]]
+            expected = model(input_ids=real[None]).logits[0, -1]
+            assert (logits[row, new[row] - 1] - expected).abs().max().item() <= 2e-5
+    assert presents[0][0].shape == (2, config.kv_heads, 12, config.head_dim)
+
+
+def empty_past(config: ModelConfig) -> list[torch.Tensor]:
+    """One empty key (or value) tensor per layer: a past of length 0."""
+    return [torch.zeros(2, config.kv_heads, 0, config.head_dim) for _ in range(config.n_layer)]

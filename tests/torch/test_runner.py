@@ -11,7 +11,8 @@ from gpt_simple_core.errors import BackendError
 from gpt_simple_core.protocol import OVERFLOW_EXTRAPOLATE, OVERFLOW_TRUNCATE
 from gpt_simple_torch.plugin import TorchModel
 from tests.support.checkpoints import small_config
-from tests.torch.helpers import assert_same_or_near_tie, build_gpt, full_logits, greedy
+from tests.support.near_ties import assert_same_or_near_tie, greedy
+from tests.torch.helpers import build_gpt, full_logits
 
 pytestmark = pytest.mark.torch
 

@@ -1,0 +1,273 @@
+"""gpt-simple checkpoint -> ONNX export folder (see :mod:`gpt_simple_onnx.layout`).
+
+The graph is traced from :meth:`gpt_simple_torch.model.GPT.forward_past`, the PyTorch backend's
+own model with its past keys and values passed in and out, so there is exactly one copy of the
+model math. :class:`DecoderWithPast` only flattens that signature into named tensors.
+
+Export recipe (``shared/notes/cpu-and-onnx-facts.md``): the dynamo exporter
+(``torch.onnx.export(..., dynamo=True)``, which needs onnxscript), opset 18 or later, example
+sizes of at least 2 on every dynamic dimension (torch.export specialises 0 and 1), and one graph
+for prefill (past of length 0) and decode. The attention mask is built in-graph from
+``attention_mask`` with the dtype's most negative finite value, so padded rows stay finite.
+
+Importing this module imports torch: the plugin imports it only when an export runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from gpt_simple_core.checkpoints.hf_tokenizer import HFTokenizer
+from gpt_simple_core.checkpoints.info import CheckpointInfo
+from gpt_simple_core.checkpoints.model_config import ModelConfig
+from gpt_simple_core.errors import CheckpointError
+from gpt_simple_core.protocol import ExportOptions
+from gpt_simple_onnx import layout
+from gpt_simple_onnx.versions import tool_versions
+from gpt_simple_torch.loading import load_model
+from gpt_simple_torch.model import GPT
+
+#: Above this many bytes of weights the graph keeps them in ``model.onnx.data`` (a protobuf
+#: file cannot exceed 2 GiB; below the threshold one file is simpler to move around).
+EXTERNAL_DATA_BYTES = 1 << 30
+#: Prompts the export runs through PyTorch (fp32) and the exported graph to report the drift.
+DRIFT_PROMPTS = (
+    "The assert statement is a convenient way to",
+    "Objects are Python's abstraction for data.",
+    "for each item in the list",
+    "An exception is raised when",
+)
+#: Example sizes for tracing: batch, new tokens, past. None may be 0 or 1 (see above).
+EXAMPLE_BATCH, EXAMPLE_SEQ, EXAMPLE_PAST = 2, 3, 5
+EXPORTER = "torch.onnx.export(dynamo=True)"
+#: Exporter warnings that say nothing actionable: the batch axis is shared by every input (so
+#: torch keeps one name for it), and a pytree deprecation inside torch itself.
+QUIET_WARNINGS = (r"# The axis name: .* will not be used", r".*isinstance\(treespec, LeafSpec\)")
+GRAPH_LAYOUT = "decoder-with-past (Optimum / onnxruntime-genai names and shapes)"
+
+
+class DecoderWithPast(nn.Module):
+    """``GPT.forward_past`` with a flat signature: graph inputs and outputs are named tensors
+    (``past_key_values.{i}.key``, ...), not nested tuples."""
+
+    def __init__(self, model: GPT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, *past_flat: Tensor
+    ) -> tuple[Tensor, ...]:
+        past = list(zip(past_flat[0::2], past_flat[1::2], strict=True))
+        logits, presents = self.model.forward_past(input_ids, attention_mask, position_ids, past)
+        return (logits, *itertools.chain.from_iterable(presents))
+
+
+def export_checkpoint(
+    info: CheckpointInfo,
+    out: Path,
+    options: ExportOptions,
+    *,
+    content_hash: str | None = None,
+    external_data: bool | None = None,
+    extra_manifest: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write the export folder of the gpt-simple checkpoint ``info`` into ``out`` (created if
+    needed; it should be empty) and return a JSON-ready summary (also in the manifest).
+
+    ``content_hash`` is the weights' sha256 if the caller knows it; ``external_data`` forces
+    the weights into (True) or out of (False) ``model.onnx.data`` instead of deciding by size.
+    The manifest is written last: a folder without one is an unfinished export.
+    """
+    started = time.monotonic()
+    opset = layout.check_export_options(options)
+    if info.weights is None or info.tokenizer is None:
+        raise CheckpointError(f"{info.path}: no weights or no tokenizer to export")
+    if content_hash is None:
+        from gpt_simple_onnx.cache import content_hash as hash_file
+
+        content_hash = hash_file(info.weights)
+    config = ModelConfig.from_dict(info.config, source=str(info.path))
+    tokenizer = HFTokenizer(info.tokenizer)
+    prompts = drift_prompts(tokenizer, config)
+
+    module = load_model(info.weights, config, dtype="fp32")
+    with torch.no_grad():
+        reference = [module(input_ids=torch.tensor([ids])).logits[0, -1].numpy() for ids in prompts]
+    if options.dtype != "fp32":
+        del module  # one copy of the weights at a time
+        module = load_model(info.weights, config, dtype=options.dtype)
+    if external_data is None:
+        weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+        external_data = weight_bytes > EXTERNAL_DATA_BYTES
+
+    out.mkdir(parents=True, exist_ok=True)
+    graph = out / layout.MODEL_FILE
+    traced = out / ".fp32" / layout.MODEL_FILE if options.quantize else graph
+    export_graph(module, config, traced, opset=opset, external_data=external_data)
+    del module
+    if options.quantize:
+        quantize_int8(traced, graph, external_data=external_data)
+        shutil.rmtree(traced.parent)
+    drift = measure_drift(graph, config, tokenizer, prompts, reference)
+
+    layout.write_json(out / layout.CONFIG_FILE, config.to_dict())
+    shutil.copytree(info.tokenizer, out / layout.TOKENIZER_DIR)
+    size = sum(f.stat().st_size for f in out.glob(layout.MODEL_FILE + "*"))
+    summary: dict[str, Any] = {
+        "format": layout.FORMAT_TAG,
+        "format_version": layout.FORMAT_VERSION,
+        "source": {
+            "path": str(info.path),
+            "step": info.step,
+            "weights": info.weights.name,
+            "sha256": content_hash,
+        },
+        "dtype": options.dtype,
+        "quantization": options.quantize,
+        "opset": opset,
+        "graph": {
+            "file": layout.MODEL_FILE,
+            "external_data": external_data,
+            "layout": GRAPH_LAYOUT,
+            "inputs": layout.input_names(config.n_layer),
+            "outputs": layout.output_names(config.n_layer),
+        },
+        "exporter": EXPORTER,
+        "versions": tool_versions(),
+        "size_bytes": size,
+        "logits_drift": drift,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "export_seconds": round(time.monotonic() - started, 1),
+        **(extra_manifest or {}),
+    }
+    layout.write_json(out / layout.MANIFEST_FILE, summary)
+    return {"out": str(out), **summary}
+
+
+def drift_prompts(tokenizer: HFTokenizer, config: ModelConfig) -> list[list[int]]:
+    """Token ids of :data:`DRIFT_PROMPTS`, within the model's context."""
+    prompts = [tokenizer.encode(text)[: config.n_positions] for text in DRIFT_PROMPTS]
+    return [ids for ids in prompts if ids] or [[0]]
+
+
+def example_inputs(config: ModelConfig, dtype: torch.dtype) -> tuple[Tensor, ...]:
+    """Tracing inputs: a decode step of 3 tokens over a past of 5, batch 2 (no 0 or 1 sizes)."""
+    b, t, p = EXAMPLE_BATCH, EXAMPLE_SEQ, EXAMPLE_PAST
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, config.vocab_size, (b, t), generator=generator)
+    mask = torch.ones(b, p + t, dtype=torch.int64)
+    positions = torch.arange(p, p + t)[None].expand(b, t).contiguous()
+    shape = (b, config.kv_heads, p, config.head_dim)
+    past = [torch.randn(shape, generator=generator).to(dtype) for _ in range(2 * config.n_layer)]
+    return (ids, mask, positions, *past)
+
+
+def dynamic_shapes(config: ModelConfig) -> dict[str, Any]:
+    """Named dynamic dimensions; torch.export derives ``past + seq`` for the outputs."""
+    batch, seq, past = "batch_size", "sequence_length", "past_sequence_length"
+    return {
+        "input_ids": {0: batch, 1: seq},
+        "attention_mask": {0: batch, 1: "total_sequence_length"},
+        "position_ids": {0: batch, 1: seq},
+        "past_flat": tuple({0: batch, 2: past} for _ in range(2 * config.n_layer)),
+    }
+
+
+def export_graph(
+    module: GPT, config: ModelConfig, path: Path, *, opset: int, external_data: bool
+) -> None:
+    """Trace ``module`` into ``path`` and check it with ``onnx.checker`` (path-based, so
+    external data and graphs over 2 GiB are checked too)."""
+    import onnx
+
+    wrapper = DecoderWithPast(module).eval()
+    args = example_inputs(config, module.wte.weight.dtype)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The exporter prints progress on stdout, which belongs to JSONL output: send it to stderr.
+    with contextlib.redirect_stdout(sys.stderr), torch.no_grad(), _quiet_exporter():
+        program = torch.onnx.export(
+            wrapper,
+            args,
+            dynamo=True,
+            opset_version=opset,
+            input_names=layout.input_names(config.n_layer),
+            output_names=layout.output_names(config.n_layer),
+            dynamic_shapes=dynamic_shapes(config),
+            optimize=True,
+            verbose=False,
+        )
+        program.save(str(path), external_data=external_data)
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's warnings that say nothing actionable (see QUIET_WARNINGS, and
+    the list of torchvision ops it skips because torchvision is not installed)."""
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            for message in QUIET_WARNINGS:
+                warnings.filterwarnings("ignore", message=message)
+            yield
+    finally:
+        registration.setLevel(level)
+
+
+def quantize_int8(source: Path, target: Path, *, external_data: bool) -> None:
+    """ONNX Runtime's dynamic quantization: int8 weights for MatMul/Gather, activations
+    quantized on the fly (fast CPU decoding, some logits drift)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with contextlib.redirect_stdout(sys.stderr):
+        quantize_dynamic(
+            source,
+            target,
+            weight_type=QuantType.QInt8,
+            use_external_data_format=external_data,
+        )
+    onnx.checker.check_model(str(target))
+
+
+def measure_drift(
+    graph: Path,
+    config: ModelConfig,
+    tokenizer: HFTokenizer,
+    prompts: Sequence[Sequence[int]],
+    reference: Sequence[np.ndarray],
+) -> dict[str, Any]:
+    """Max abs difference between the graph's next-token logits after each prompt (run by
+    the backend's own runner) and PyTorch fp32's; not measured without onnxruntime."""
+    from gpt_simple_onnx import runtime
+    from gpt_simple_onnx.runner import OnnxModel
+
+    summary: dict[str, Any] = {"reference": "torch backend, fp32", "prompts": len(prompts)}
+    if not runtime.available():
+        summary["max_abs_diff"] = None
+        summary["note"] = "onnxruntime is not installed: the export was not run"
+        return summary
+    session, _ = runtime.create_session(graph, device="cpu", threads=None)
+    model = OnnxModel(session, config, tokenizer, device="cpu", dtype="export")
+    logits = model.forward(list(range(len(prompts))), prompts)
+    model.close()
+    expected = np.stack(reference)
+    summary["max_abs_diff"] = float(np.abs(logits - expected).max())
+    summary["max_abs_logit"] = float(np.abs(expected).max())
+    return summary

@@ -1,0 +1,321 @@
+"""The ONNX plugin: the ``onnx`` backend, the ``onnx`` exporter, and detection of export folders.
+
+What the ``gpt_simple`` entry point loads, so it stays cheap: importing it imports neither
+onnxruntime nor torch. Planning (and the dry-run) reads manifests, package metadata and the
+content-hash index only; onnxruntime is imported when a model loads, torch when an export runs.
+
+* Export folders (``gpt-simple export ... --format onnx``) are format ``onnx``: this backend
+  runs them automatically.
+* gpt-simple checkpoints run here only when asked (``--backend onnx``): the checkpoint is
+  exported once into the cache (:mod:`gpt_simple_onnx.cache`) and the export runs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import attrs
+import structlog
+
+from gpt_simple_core.checkpoints.gpt_simple_layout import FORMAT as GPT_SIMPLE_FORMAT
+from gpt_simple_core.checkpoints.info import CheckpointInfo
+from gpt_simple_core.errors import BackendError, CheckpointError, ConfigError
+from gpt_simple_core.hookspecs import hookimpl
+from gpt_simple_core.protocol import (
+    AUTO,
+    EXPLICIT,
+    OVERFLOW_EXTRAPOLATE,
+    Backend,
+    Exporter,
+    ExportOptions,
+    LoadRequest,
+    Preflight,
+)
+from gpt_simple_onnx import layout, runtime
+from gpt_simple_onnx.cache import CacheKey, ONNXCache, key_for
+
+if TYPE_CHECKING:
+    from gpt_simple_onnx.runner import OnnxModel
+
+log = structlog.get_logger(__name__)
+
+EXPORT_REQUIRES = ("torch", "safetensors", "onnx", "onnxscript")
+INSTALL_RUNTIME = "pip install 'gpt-simple-inference[onnx]'"
+INSTALL_EXPORT = "pip install 'gpt-simple-inference[export]'"
+FP16_ON_CPU = (
+    "fp16 on the CPU: ONNX Runtime runs it, but most CPU kernels convert to fp32 and back, so "
+    "it is slower than fp32 and no more exact; fp16 is meant for --device cuda"
+)
+
+
+def export_missing() -> list[str]:
+    """Import names an export needs that are not installed (nothing is imported)."""
+    return [name for name in EXPORT_REQUIRES if importlib.util.find_spec(name) is None]
+
+
+def export_dtype(request: LoadRequest) -> str:
+    """The dtype to export a gpt-simple checkpoint in: as asked, else fp16 on CUDA, fp32 on
+    the CPU."""
+    if request.dtype != AUTO:
+        return request.dtype
+    return "fp16" if request.device.split(":", 1)[0] == "cuda" else "fp32"
+
+
+class OnnxBackend(Backend):
+    """ONNX Runtime: runs export folders, and gpt-simple checkpoints through a cached export."""
+
+    name: ClassVar[str] = "onnx"
+    formats: ClassVar[Mapping[str, str]] = {layout.FORMAT: AUTO, GPT_SIMPLE_FORMAT: EXPLICIT}
+    priority: ClassVar[int] = 100
+    dtypes: ClassVar[tuple[str, ...]] = layout.DTYPES
+    devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    requires: ClassVar[tuple[str, ...]] = ("onnxruntime",)
+
+    def __init__(self, cache: ONNXCache | None = None) -> None:
+        self._cache = cache
+
+    @property
+    def cache(self) -> ONNXCache:
+        # Read at use, not at registration: $GPT_SIMPLE_CACHE may change (tests, notebooks).
+        return self._cache or ONNXCache()
+
+    # Planning --------------------------------------------------------------------------------
+    def preflight(self, checkpoint: CheckpointInfo, request: LoadRequest) -> Preflight:
+        problems: list[str] = []
+        warnings: list[str] = []
+        if self.missing_dependencies():
+            problems.append(
+                f"backend 'onnx' needs onnxruntime, which is not installed ({INSTALL_RUNTIME}; "
+                f"'[onnx-gpu]' instead for CUDA)"
+            )
+        conflict = runtime.package_conflict()
+        if conflict:
+            warnings.append(conflict)
+        problems += self._device_problems(request.device)
+        problems += self._dtype_problems(request.dtype)
+        overflow = request.options.get("context_overflow")
+        if overflow not in (None, OVERFLOW_EXTRAPOLATE):
+            problems.append(
+                f"backend 'onnx' cannot do context_overflow {overflow}: past the context it "
+                f"extrapolates (RoPE keeps counting); the torch backend can truncate"
+            )
+        if checkpoint.format == layout.FORMAT:
+            problems += self._folder_problems(checkpoint, request)
+            dtype = checkpoint.details.get("dtype")
+        elif checkpoint.format == GPT_SIMPLE_FORMAT:
+            dtype = export_dtype(request)
+            if not problems:  # hashing the weights is only worth it for a runnable request
+                found, message = self._cache_status(checkpoint, dtype)
+                warnings.append(message)
+                missing = export_missing()
+                if found is None and missing:
+                    problems.append(
+                        f"--backend onnx on a gpt-simple checkpoint exports it first, which "
+                        f"needs {', '.join(missing)} ({INSTALL_EXPORT})"
+                    )
+        else:
+            problems.append(
+                f"backend 'onnx' runs ONNX exports and gpt-simple checkpoints, "
+                f"not {checkpoint.format}"
+            )
+            dtype = None
+        if dtype == "fp16" and request.device.split(":", 1)[0] in ("cpu", AUTO):
+            warnings.append(FP16_ON_CPU)
+        return Preflight(problems=tuple(problems), warnings=tuple(warnings))
+
+    def _device_problems(self, device: str) -> list[str]:
+        kind = device.split(":", 1)[0]
+        if device == AUTO or kind == "cpu":
+            return []
+        if kind != "cuda":
+            return [
+                f"backend 'onnx' cannot run on {device}: it runs on cpu, and on cuda with "
+                f"onnxruntime-gpu (--backend torch runs on {kind})"
+            ]
+        if not runtime.gpu_package_installed():
+            return [
+                f"device {device} with backend 'onnx' needs onnxruntime-gpu, which is not "
+                f"installed (pip install 'gpt-simple-inference[onnx-gpu]' into an environment "
+                f"without onnxruntime); or use --device cpu, or --backend torch on {device}"
+            ]
+        return []
+
+    def _dtype_problems(self, dtype: str) -> list[str]:
+        if dtype == "bf16":
+            return [
+                "backend 'onnx' cannot run bf16 (ONNX Runtime has no bf16 kernels on the CPU): "
+                "use --dtype fp32 with backend onnx (fp16 on cuda), or --backend torch for bf16"
+            ]
+        if dtype not in (AUTO, *self.dtypes):
+            return [f"backend 'onnx' cannot run dtype {dtype} (it runs fp32 and fp16)"]
+        return []
+
+    def _folder_problems(self, checkpoint: CheckpointInfo, request: LoadRequest) -> list[str]:
+        exported = checkpoint.details.get("dtype")
+        if request.dtype in (AUTO, exported) or request.dtype == "bf16":
+            return []
+        return [
+            f"{checkpoint.path} is an {exported} export and runs only as exported (dtype auto "
+            f"or {exported}); for {request.dtype}, export again with --dtype {request.dtype} or "
+            f"run the gpt-simple checkpoint with --backend onnx --dtype {request.dtype}"
+        ]
+
+    def _key(self, checkpoint: CheckpointInfo, dtype: str) -> CacheKey:
+        if checkpoint.weights is None:
+            raise CheckpointError(f"{checkpoint.path}: no weights file")
+        return key_for(checkpoint.weights, dtype=dtype, root=self.cache.root)
+
+    def _cache_status(self, checkpoint: CheckpointInfo, dtype: str) -> tuple[Path | None, str]:
+        """The cached export for this request (or None) and the plan line saying so."""
+        try:
+            key = self._key(checkpoint, dtype)
+        except OSError as exc:
+            return None, f"export needed (cannot hash the weights: {exc})"
+        found = self.cache.find(key, any_versions=bool(export_missing()))
+        if found is not None:
+            return found, f"cached ({found})"
+        return None, f"export needed (cache: {self.cache.entry(key)})"
+
+    # Loading ---------------------------------------------------------------------------------
+    def resolve(self, request: LoadRequest) -> LoadRequest:
+        """``auto`` device is the CPU (CUDA only when asked). ``auto`` dtype stays: an export
+        folder runs in its own dtype, a gpt-simple checkpoint is exported per
+        :func:`export_dtype`."""
+        return attrs.evolve(request, device="cpu") if request.device == AUTO else request
+
+    def load(self, checkpoint: CheckpointInfo, request: LoadRequest) -> OnnxModel:
+        problems = self.preflight_for_load(checkpoint, request)
+        if problems:
+            raise BackendError("; ".join(problems))
+        request = self.resolve(request)
+        if checkpoint.format == GPT_SIMPLE_FORMAT:
+            folder, origin = self.cached_export(checkpoint, export_dtype(request))
+        else:
+            folder, origin = checkpoint.path, None
+        return self.open(folder, checkpoint, request, origin)
+
+    def preflight_for_load(self, checkpoint: CheckpointInfo, request: LoadRequest) -> list[str]:
+        """The pre-flight problems that still apply at load time (the API loads without a
+        plan), minus the cache check that :meth:`load` does itself."""
+        problems = self._device_problems(request.device) + self._dtype_problems(request.dtype)
+        if checkpoint.format == layout.FORMAT:
+            problems += self._folder_problems(checkpoint, request)
+        return problems
+
+    def cached_export(self, checkpoint: CheckpointInfo, dtype: str) -> tuple[Path, str]:
+        """The cache entry of ``checkpoint`` in ``dtype``, exported now if missing:
+        (folder, ``"cached"`` or ``"exported"``)."""
+        key = self._key(checkpoint, dtype)
+        missing = export_missing()
+        found = self.cache.find(key, any_versions=bool(missing))
+        if found is not None:
+            return found, "cached"
+        if missing:
+            raise BackendError(
+                f"{checkpoint.path} has no cached ONNX export, and exporting needs "
+                f"{', '.join(missing)} ({INSTALL_EXPORT})"
+            )
+        from gpt_simple_onnx.export import export_checkpoint
+
+        log.info(
+            "exporting to ONNX (once; later runs use the cache)",
+            checkpoint=str(checkpoint.path),
+            dtype=dtype,
+            cache=str(self.cache.entry(key)),
+        )
+        options = ExportOptions(dtype=dtype, opset=key.opset)
+        folder = self.cache.export(
+            key,
+            lambda temp: export_checkpoint(
+                checkpoint,
+                temp,
+                options,
+                content_hash=key.sha256,
+                extra_manifest={"cache_key": key.as_dict()},
+            ),
+        )
+        return folder, "exported"
+
+    def open(
+        self,
+        folder: Path,
+        checkpoint: CheckpointInfo,
+        request: LoadRequest,
+        origin: str | None = None,
+    ) -> OnnxModel:
+        """Start an ONNX Runtime session on the export in ``folder``; the tokenizer is
+        ``checkpoint``'s (the user's override included)."""
+        from gpt_simple_core.checkpoints.hf_tokenizer import HFTokenizer
+        from gpt_simple_core.checkpoints.model_config import ModelConfig
+        from gpt_simple_onnx.runner import OnnxModel
+
+        manifest = layout.read_manifest(folder)
+        if manifest is None or checkpoint.tokenizer is None:
+            raise CheckpointError(f"{folder}: not an ONNX export folder (no manifest)")
+        session, threads = runtime.create_session(
+            folder / layout.MODEL_FILE, device=request.device, threads=request.threads
+        )
+        notes: dict[str, Any] = {
+            "provider": session.get_providers()[0],
+            "threads": threads,
+            "quantization": manifest.quantization,
+            "opset": manifest.opset,
+            "export": str(folder),
+        }
+        if origin is not None:
+            notes["export_cache"] = origin
+        return OnnxModel(
+            session,
+            ModelConfig.from_file(folder / layout.CONFIG_FILE),
+            HFTokenizer(checkpoint.tokenizer),
+            device=request.device,
+            dtype=manifest.runs_as,
+            notes=notes,
+        )
+
+    def describe_runtime(self) -> dict[str, Any]:
+        return runtime.describe()
+
+
+class OnnxExporter(Exporter):
+    """``gpt-simple export CHECKPOINT --format onnx --out DIR``."""
+
+    name: ClassVar[str] = "onnx"
+    formats: ClassVar[tuple[str, ...]] = (GPT_SIMPLE_FORMAT,)
+    requires: ClassVar[tuple[str, ...]] = EXPORT_REQUIRES
+
+    def export(
+        self, checkpoint: CheckpointInfo, out: Path, options: ExportOptions
+    ) -> Mapping[str, Any]:
+        try:
+            layout.check_export_options(options)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if options.quantize and not runtime.available():
+            raise BackendError(
+                f"--quantize {options.quantize} uses ONNX Runtime's quantizer, which is not "
+                f"installed ({INSTALL_RUNTIME})"
+            )
+        from gpt_simple_onnx.export import export_checkpoint
+
+        return export_checkpoint(checkpoint, out, options)
+
+
+@hookimpl
+def gpt_simple_register_backends(register: Callable[[Backend], None]) -> None:
+    register(OnnxBackend())
+
+
+@hookimpl
+def gpt_simple_register_exporters(register: Callable[[Exporter], None]) -> None:
+    register(OnnxExporter())
+
+
+@hookimpl
+def gpt_simple_inspect_checkpoint(
+    path: Path, tokenizer: Path | None, load_tokenizer: bool
+) -> CheckpointInfo | None:
+    return layout.inspect(path, tokenizer, load_tokenizer)

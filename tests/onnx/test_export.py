@@ -1,0 +1,171 @@
+"""The export folder: layout, manifest, graph signature, checker, detection, int8 and fp16,
+and the ``gpt-simple export`` command."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from gpt_simple_core.checkpoints import gpt_simple_layout
+from gpt_simple_core.checkpoints.info import CheckpointInfo
+from gpt_simple_core.checkpoints.resolve import resolve_checkpoint
+from gpt_simple_onnx.export import DRIFT_PROMPTS
+from tests.onnx.conftest import Exported
+from tests.onnx.helpers import onnx_model, torch_model
+from tests.support.cli import cli
+
+pytestmark = pytest.mark.onnx
+
+
+def graph_signature(path: Path) -> dict[str, list]:
+    """name -> shape (ints for fixed dims, names for dynamic ones) of inputs and outputs."""
+    model = onnx.load(str(path), load_external_data=False)
+    signature = {}
+    for value in [*model.graph.input, *model.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        signature[value.name] = [
+            d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims
+        ]
+    return signature
+
+
+def test_folder_layout_and_manifest(
+    exported: Exported, checkpoints: dict[str, CheckpointInfo]
+) -> None:
+    info = exported("default")
+    source = checkpoints["default"]
+    folder = info.path
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "config.json",
+        "manifest.json",
+        "model.onnx",
+        "tokenizer",
+    ]
+    assert not (folder / "model" / "config.json").exists()  # never looks like a checkpoint
+    assert gpt_simple_layout.gpt_simple_inspect_checkpoint(folder, None, True) is None
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert (manifest["format"], manifest["format_version"]) == ("gpt-simple-onnx", 1)
+    weights_hash = hashlib.sha256(source.weights.read_bytes()).hexdigest()
+    assert manifest["source"] == {
+        "path": str(source.path),
+        "step": source.step,
+        "weights": "model.safetensors",
+        "sha256": weights_hash,
+    }
+    assert (manifest["dtype"], manifest["quantization"], manifest["opset"]) == ("fp32", None, 20)
+    assert manifest["exporter"] == "torch.onnx.export(dynamo=True)"
+    assert set(manifest["versions"]) == {
+        "gpt-simple-inference", "torch", "onnx", "onnxscript", "onnxruntime"
+    }  # fmt: skip
+    assert manifest["versions"]["torch"].startswith("2.")
+    assert manifest["size_bytes"] == (folder / "model.onnx").stat().st_size
+    drift = manifest["logits_drift"]
+    assert drift["prompts"] == len(DRIFT_PROMPTS) and drift["max_abs_diff"] < 1e-4
+    assert json.loads((folder / "config.json").read_text()) == dict(source.config)
+    assert (folder / "tokenizer" / "tokenizer.json").read_bytes() == (
+        source.tokenizer / "tokenizer.json"
+    ).read_bytes()
+
+
+def test_graph_is_the_decoder_with_past_layout(exported: Exported) -> None:
+    info = exported("gqa-linear-untied")  # n_layer 2, 2 kv heads of 16
+    path = info.path / "model.onnx"
+    assert (info.path / "model.onnx.data").is_file()  # exported with external data
+    onnx.checker.check_model(str(path), full_check=True)  # path-based: reads external data
+    batch, seq, past = "batch_size", "sequence_length", "past_sequence_length"
+    signature = graph_signature(path)
+    assert list(signature) == [
+        "input_ids", "attention_mask", "position_ids",
+        "past_key_values.0.key", "past_key_values.0.value",
+        "past_key_values.1.key", "past_key_values.1.value",
+        "logits", "present.0.key", "present.0.value", "present.1.key", "present.1.value",
+    ]  # fmt: skip
+    assert signature["input_ids"] == signature["position_ids"] == [batch, seq]
+    assert signature["attention_mask"] == [batch, "total_sequence_length"]
+    assert signature["past_key_values.1.value"] == [batch, 2, past, 16]
+    assert signature["logits"] == [batch, seq, 384]
+    present = signature["present.0.key"]
+    assert present[:2] == [batch, 2] and present[3] == 16
+    assert set(present[2].replace(" ", "").split("+")) == {past, seq}
+
+
+def test_export_folder_is_a_checkpoint(exported: Exported) -> None:
+    info = exported("default")
+    resolved = resolve_checkpoint(str(info.path))
+    assert resolved.format == "onnx" and resolved.path == info.path
+    assert resolved.step == 100 and resolved.weights == info.path / "model.onnx"
+    assert resolved.details["dtype"] == "fp32" and resolved.eos_id is not None
+    assert resolved.context_length == 128
+
+
+def test_int8_export_runs_and_reports_its_drift(
+    exported: Exported, checkpoints: dict[str, CheckpointInfo]
+) -> None:
+    fp32, int8 = exported("default"), exported("default", quantize="int8")
+    manifest = json.loads((int8.path / "manifest.json").read_text())
+    assert manifest["quantization"] == "int8"
+    assert manifest["size_bytes"] < 0.6 * (fp32.path / "model.onnx").stat().st_size
+    drift = manifest["logits_drift"]["max_abs_diff"]
+    assert 0 < drift < 0.1 * manifest["logits_drift"]["max_abs_logit"]
+    model = onnx_model(int8)
+    assert model.dtype == "int8" and model.notes["quantization"] == "int8"
+    reference = torch_model(checkpoints["default"])
+    ids = [model.tokenizer.encode(text) for text in DRIFT_PROMPTS]
+    rows = list(range(len(ids)))
+    got, expected = model.forward(rows, ids), reference.forward(rows, ids)
+    step = model.forward(rows, [[5]] * len(rows)) - reference.forward(rows, [[5]] * len(rows))
+    print(
+        f"int8 drift: prefill {np.abs(got - expected).max():.3e}, decode {np.abs(step).max():.3e}"
+    )
+    assert np.abs(got - expected).max() == pytest.approx(drift, rel=1e-3)
+    # tiny random models drift a lot under int8 (measured ~0.1-0.25 of the largest logit);
+    # a broken graph or cache would be off by the whole logit scale
+    assert np.abs(step).max() < 0.3 * np.abs(expected).max()
+
+
+def test_fp16_export_runs_close_to_fp32(
+    exported: Exported, checkpoints: dict[str, CheckpointInfo]
+) -> None:
+    fp16 = exported("mqa-relu", dtype="fp16")
+    model = onnx_model(fp16)
+    assert model.dtype == "fp16"
+    reference = torch_model(checkpoints["mqa-relu"])
+    ids = [model.tokenizer.encode(text) for text in DRIFT_PROMPTS]
+    rows = list(range(len(ids)))
+    for feed in (ids, [[7]] * len(rows)):
+        got, expected = model.forward(rows, feed), reference.forward(rows, feed)
+        assert got.dtype == np.float32
+        assert np.abs(got - expected).max() <= 2e-2 * np.abs(expected).max()
+
+
+def test_export_command(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, checkpoints: dict[str, CheckpointInfo]
+) -> None:
+    """The CLI refuses what cannot be exported before exporting anything, and writes the
+    summary (size, drift) as JSON on stdout."""
+    source = str(checkpoints["default"].path)
+    out = tmp_path / "export"
+    for flags, message in [
+        (["--dtype", "bf16"], "cannot export dtype bf16"),
+        (["--opset", "17"], "opset 17 is too old"),
+        (["--quantize", "int8", "--dtype", "fp16"], "int8 quantization starts from fp32"),
+        (["--format", "tflite"], "no exporter for format 'tflite' (available: onnx)"),
+    ]:
+        args = ["export", source, "--out", str(out), *flags]
+        if "--format" not in flags:
+            args += ["--format", "onnx"]
+        code, stdout, stderr = cli(capsys, *args)
+        assert code != 0 and message in stderr and stdout == ""
+    assert not out.exists()
+    code, stdout, stderr = cli(capsys, "export", source, "--format", "onnx", "--out", str(out))
+    assert code == 0, stderr
+    summary = json.loads(stdout)  # nothing else on stdout: the exporter's progress is on stderr
+    assert summary["out"] == str(out) and summary["size_bytes"] > 0
+    assert summary["logits_drift"]["max_abs_diff"] < 1e-4
+    code, _, stderr = cli(capsys, "export", source, "--format", "onnx", "--out", str(out))
+    assert code != 0 and "not empty" in stderr
