@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -31,6 +32,8 @@ from gpt_simple_core.records.schema import (
 )
 from gpt_simple_core.records.seeds import derive_seed, draw_run_seed
 from gpt_simple_core.settings import Settings
+
+_NOT_SEED = tuple(f.name for f in attrs.fields(GenerationSpec) if f.name != "seed")
 
 
 @attrs.frozen
@@ -62,6 +65,16 @@ class _GroupKey:
     dtype: str
     tokenizer: Path | None
     backend: str | None
+
+
+@attrs.frozen
+class _Route:
+    """Where a model block sends its records: a group, or problems (field, message)."""
+
+    key: _GroupKey | None = None
+    info: CheckpointInfo | None = None
+    choice: BackendChoice | None = None
+    problems: tuple[tuple[str, str], ...] = ()
 
 
 class _ProblemLog:
@@ -131,7 +144,10 @@ class Planner:
         self._choices: dict[tuple, BackendChoice] = {}
         # Sweeps repeat the same blocks on every line: stack each distinct block once.
         self._model_specs: dict[ModelSpec | None, ModelSpec] = {}
-        self._generation_specs: dict[GenerationSpec | None, GenerationSpec] = {}
+        # generation block without its seed -> (seed of the defaults, resolved fields)
+        self._generation_specs: dict[tuple | None, tuple[int | None, dict[str, Any]]] = {}
+        # model block -> where its records go (a group key) or the problems that stop them
+        self._routes: dict[ModelSpec | None, _Route] = {}
 
     # Per record ----------------------------------------------------------------------------
     def model_spec(self, record: Record) -> ModelSpec:
@@ -152,12 +168,18 @@ class Planner:
         return spec
 
     def params(self, record: Record) -> GenerationParams:
-        spec = self._generation_specs.get(record.generation)
-        if spec is None:
-            spec = stack(self._defaults, record.generation)
-            self._generation_specs[record.generation] = spec
-        seed = spec.seed if spec.seed is not None else derive_seed(self.run_seed, record.index)
-        return resolve_generation(spec, seed)
+        own = record.generation
+        # Per-record seeds make every block distinct: the rest of it is resolved once.
+        key = None if own is None else tuple(getattr(own, name) for name in _NOT_SEED)
+        resolved = self._generation_specs.get(key)
+        if resolved is None:
+            spec = stack(self._defaults, own and attrs.evolve(own, seed=None))
+            template = resolve_generation(spec, 0).to_fields()
+            resolved = self._generation_specs[key] = (spec.seed, template)
+        seed = own.seed if own is not None and own.seed is not None else resolved[0]
+        if seed is None:
+            seed = derive_seed(self.run_seed, record.index)
+        return GenerationParams(**{**resolved[1], "seed": seed})
 
     def checkpoint(self, path: str, tokenizer: str | None) -> CheckpointInfo | CheckpointError:
         key = (path, tokenizer)
@@ -190,27 +212,19 @@ class Planner:
             log.add(problem)
         groups: dict[_GroupKey, PlannedGroup] = {}
         for record in records:
-            spec = self.model_spec(record)
-            if spec.path is None:
-                message = "no model: give model.checkpoint in the record, or --checkpoint"
-                log.add(Problem(record.line, "model", message), merge=True)
+            route = self._routes.get(record.model)
+            if route is None:
+                route = self._routes[record.model] = self._route(record)
+            if route.problems:
+                for field, message in route.problems:
+                    log.add(Problem(record.line, field, message), merge=True)
                 continue
-            field = "model.checkpoint" if record.model and record.model.path else "--checkpoint"
-            info = self.checkpoint(spec.path, spec.tokenizer)
-            if isinstance(info, CheckpointError):
-                log.add(Problem(record.line, field, str(info)), merge=True)
-                continue
-            dtype = spec.dtype or "auto"
-            choice = self.choice(info, spec.backend, dtype)
-            if choice.problems:
-                for message in choice.problems:
-                    log.add(Problem(record.line, "model.backend", message), merge=True)
-                continue
-            backend_name = choice.backend.name if choice.backend else None
-            key = _GroupKey(info.path, dtype, info.tokenizer, backend_name)
-            group = groups.get(key)
+            assert route.key is not None and route.info is not None and route.choice is not None
+            group = groups.get(route.key)
             if group is None:
-                group = groups[key] = self._new_group(info, choice, dtype, record.line)
+                group = groups[route.key] = self._new_group(
+                    route.info, route.choice, route.key.dtype, record.line
+                )
             group.records.append(PlannedRecord(record, self.params(record)))
         planned_groups = [self._summarise(group) for group in groups.values()]
         plan = Plan(
@@ -220,6 +234,24 @@ class Planner:
             problems=log.problems(),
         )
         return Planned(plan, planned_groups)
+
+    def _route(self, record: Record) -> _Route:
+        """Where records with this record's model block go; it depends on nothing else."""
+        spec = self.model_spec(record)
+        if spec.path is None:
+            message = "no model: give model.checkpoint in the record, or --checkpoint"
+            return _Route(problems=(("model", message),))
+        field = "model.checkpoint" if record.model and record.model.path else "--checkpoint"
+        info = self.checkpoint(spec.path, spec.tokenizer)
+        if isinstance(info, CheckpointError):
+            return _Route(problems=((field, str(info)),))
+        dtype = spec.dtype or "auto"
+        choice = self.choice(info, spec.backend, dtype)
+        if choice.problems:
+            return _Route(problems=tuple(("model.backend", m) for m in choice.problems))
+        backend_name = choice.backend.name if choice.backend else None
+        key = _GroupKey(info.path, dtype, info.tokenizer, backend_name)
+        return _Route(key=key, info=info, choice=choice)
 
     def _new_group(
         self, info: CheckpointInfo, choice: BackendChoice, dtype: str, line: int

@@ -11,7 +11,7 @@ import attrs
 
 from gpt_simple_core.records.converter import structure_block
 from gpt_simple_core.records.problems import Problem
-from gpt_simple_core.records.schema import GenerationSpec, ModelSpec
+from gpt_simple_core.records.schema import MAX_SEED, GenerationSpec, ModelSpec
 
 KNOWN_TOP_LEVEL = ("prompt", "model", "generation")
 RESERVED = ("completion", "error", "meta")  # output keys: an input carrying them is a mistake
@@ -55,23 +55,44 @@ def _typo_of(key: str, record: dict[str, Any]) -> str | None:
 
 
 class _BlockCache:
-    """Sweeps repeat the same blocks on every line: structure each distinct one once."""
+    """Sweeps repeat the same blocks on every line: structure each distinct one once.
+
+    A per-record ``seed`` would make every generation block distinct, so it stays out of the
+    key: the rest of the block is structured once, and a plain integer seed is checked and set
+    on its own (anything else takes the full path, which reports it as before).
+    """
 
     def __init__(self) -> None:
         self._done: dict[tuple, Any] = {}
+        self._fields: dict[tuple, dict[str, Any]] = {}  # each entry's values, to add a seed
 
     def structure(self, raw: Any, cls: type[T], path: str, line: int) -> tuple[T | None, list]:
         try:  # types are part of the key: True == 1 must not share an entry
-            key = (cls, *((k, type(v), v) for k, v in raw.items()))
+            seed = raw.get("seed") if cls is GenerationSpec else None
+            key = (cls, *((k, type(v), v) for k, v in raw.items() if k != "seed" or seed is None))
             cached = self._done.get(key)
         except (AttributeError, TypeError):  # not a dict, or unhashable values (lists)
             return structure_block(raw, cls, path, line)
+        if seed is not None and not (type(seed) is int and 0 <= seed <= MAX_SEED):
+            return structure_block(raw, cls, path, line)
         if cached is None:
-            cached, problems = structure_block(raw, cls, path, line)
+            rest = {k: v for k, v in raw.items() if k != "seed"} if seed is not None else raw
+            cached, problems = structure_block(rest, cls, path, line)
             if problems:
                 return None, problems
             self._done[key] = cached
-        return cached, []
+            self._fields[key] = {
+                f.name: getattr(cached, f.name) for f in attrs.fields(cls) if f.name != "seed"
+            }
+        if seed is None:
+            return cached, []
+        # The rest was validated when it was cached and the seed just now: skip the validators
+        # (this runs once per record of a sweep).
+        attrs.validators.set_disabled(True)
+        try:
+            return cls(**self._fields[key], seed=seed), []
+        finally:
+            attrs.validators.set_disabled(False)
 
 
 def _merge_dtypes(
@@ -127,6 +148,7 @@ class RecordParser:
     def __init__(self, *, allow_blocks: bool = True) -> None:
         self.allow_blocks = allow_blocks
         self._cache = _BlockCache()
+        self._clean_keys: set[tuple[str, ...]] = set()  # top-level key sets without problems
 
     def parse(self, obj: Any, index: int, line: int) -> tuple[Record | None, list[Problem]]:
         if not isinstance(obj, dict):
@@ -156,6 +178,9 @@ class RecordParser:
         return Record(index, line, prompt, obj, model, generation), []
 
     def _top_level_problems(self, obj: dict[str, Any], line: int) -> list[Problem]:
+        keys = tuple(obj)
+        if keys in self._clean_keys:  # a sweep repeats its keys on every line
+            return []
         problems = []
         for key in obj:
             if key in RESERVED:
@@ -171,6 +196,8 @@ class RecordParser:
                 )
             elif (known := _typo_of(key, obj)) is not None:
                 problems.append(Problem(line, key, f"unknown key (did you mean {known!r}?)"))
+        if not problems:
+            self._clean_keys.add(keys)
         return problems
 
 
