@@ -174,12 +174,14 @@ def activation_bytes_per_token(config: ModelConfig, dtype_bytes: int) -> int:
 class TorchModel(LoadedModel):
     """A :class:`~gpt_simple_torch.model.GPT` driven by the core's decode loop.
 
-    KV cache: one :class:`~gpt_simple_torch.model.KVCache` for all rows, indexed by row id
-    (the core's slot ids are small, so a row *is* its cache slot). A call writes only the new
-    tokens of its rows in place and attends over ``cache[rows, :, :longest]``, which is a view
-    when the rows are a contiguous run of ids (they are sorted here), so a decode step never
-    copies the cache; scattered rows cost one gather of their cached keys and values. Rows are
-    right-padded to the longest new chunk of the call, every token keeps its row's true
+    KV cache: one :class:`~gpt_simple_torch.model.KVCache` for all rows. A call writes only
+    the new tokens of its rows in place and attends over ``cache[slots, :, :longest]``, which
+    is a view when the slots are a contiguous run (scattered slots would cost a gather of
+    every cached key and value, in every layer, at every step). So the core's row ids map to
+    cache slots kept packed: a new row takes the next slot after the live ones, and releasing
+    a row moves the last live row into its hole (one row's cache copied once). Every decode
+    step of all live rows, and every prefill of newly admitted rows, then reads a view. Rows
+    are right-padded to the longest new chunk of the call, every token keeps its row's true
     position, and the mask hides padding and stale positions. One-token rows (decoding) and
     longer chunks (prompts) run as two batches, so a long prompt joining the batch does not pad
     every decoding row to its length.
@@ -218,6 +220,8 @@ class TorchModel(LoadedModel):
         )
         # Token ids per row, kept only to recompute a truncated window.
         self._history: dict[int, list[int]] = {}
+        self._slot: dict[int, int] = {}  # the core's row id -> its cache slot
+        self._row_at: list[int] = []  # cache slot -> row id; live slots are 0..len-1
 
     @classmethod
     def from_module(
@@ -241,18 +245,32 @@ class TorchModel(LoadedModel):
         if any(len(new) == 0 for new in tokens):
             raise ValueError("every row needs at least one new token")
         feed = [self._window(row, list(new)) for row, new in zip(rows, tokens, strict=True)]
+        slots = [self._slot_of(row) for row in rows]
         out = np.empty((len(rows), self.config.vocab_size), dtype=np.float32)
         decoding = [i for i, new in enumerate(feed) if len(new) == 1]
         prefilling = [i for i, new in enumerate(feed) if len(new) > 1]
         for group in (decoding, prefilling):
             if not group:
                 continue
-            group.sort(key=lambda i: rows[i])  # ascending slots: the cache is read as a view
+            group.sort(key=lambda i: slots[i])  # ascending slots: the cache is read as a view
             logits = self.module.step(
-                self._cache, [rows[i] for i in group], [feed[i] for i in group]
+                self._cache, [slots[i] for i in group], [feed[i] for i in group]
             )
             out[group] = logits.float().cpu().numpy()
         return out
+
+    def _slot_of(self, row: int) -> int:
+        """``row``'s cache slot; a new row takes the next slot after the live ones."""
+        slot = self._slot.get(row)
+        if slot is None:
+            slot = self._slot[row] = len(self._row_at)
+            self._row_at.append(row)
+        return slot
+
+    def cached_length(self, row: int) -> int:
+        """Tokens of ``row`` in the cache (0 for a row not seen since its release)."""
+        slot = self._slot.get(row)
+        return 0 if slot is None else self._cache.lengths[slot]
 
     def _window(self, row: int, new: list[int]) -> list[int]:
         """The tokens to run for ``row``: ``new``, or under ``truncate`` a whole recomputed
@@ -265,7 +283,8 @@ class TorchModel(LoadedModel):
         if len(history) <= limit:
             return new
         del history[:-limit]
-        self._cache.release(row)
+        if row in self._slot:
+            self._cache.release(self._slot[row])
         return list(history)
 
     def reserve(self, rows: int, max_tokens: int) -> None:
@@ -276,14 +295,26 @@ class TorchModel(LoadedModel):
 
     def release(self, rows: Sequence[int]) -> None:
         for row in rows:
-            self._cache.release(row)
             self._history.pop(row, None)
+            slot = self._slot.pop(row, None)
+            if slot is None:
+                continue
+            last = len(self._row_at) - 1
+            if slot != last:  # keep live slots packed: the last live row fills the hole
+                moved = self._row_at[last]
+                self._cache.move(last, slot)
+                self._row_at[slot] = moved
+                self._slot[moved] = slot
+            self._cache.release(last)
+            self._row_at.pop()
 
     def close(self) -> None:
         device = self.device
         self._cache = None
         self.module = None
         self._history.clear()
+        self._slot.clear()
+        self._row_at.clear()
         if device.startswith("cuda"):
             _import_torch().cuda.empty_cache()
 
