@@ -33,13 +33,31 @@ from gpt_simple_core.records.schema import (
 from gpt_simple_core.records.seeds import derive_seed, draw_run_seed
 from gpt_simple_core.settings import Settings
 
-_NOT_SEED = tuple(f.name for f in attrs.fields(GenerationSpec) if f.name != "seed")
 
-
-@attrs.frozen
+@attrs.define(eq=False)
 class PlannedRecord:
+    """A record and its resolved sampling parameters.
+
+    The planner gives each record the fields its generation block resolves to (shared by the
+    records with that block) and its seed; ``params`` is built from them on first use, so
+    planning (a dry-run of 100k records) does not build an object per record.
+    """
+
     record: Record
-    params: GenerationParams
+    _params: GenerationParams | None = None
+    _fields: Mapping[str, Any] | None = attrs.field(default=None, repr=False)
+    _seed: int | None = None
+
+    @property
+    def params(self) -> GenerationParams:
+        if self._params is None:
+            assert self._fields is not None and self._seed is not None
+            self._params = GenerationParams(**self._fields, seed=self._seed)
+        return self._params
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self._params.max_new_tokens if self._params else self._fields["max_new_tokens"]
 
 
 @attrs.define
@@ -144,8 +162,8 @@ class Planner:
         self._choices: dict[tuple, BackendChoice] = {}
         # Sweeps repeat the same blocks on every line: stack each distinct block once.
         self._model_specs: dict[ModelSpec | None, ModelSpec] = {}
-        # generation block without its seed -> (seed of the defaults, resolved fields)
-        self._generation_specs: dict[tuple | None, tuple[int | None, dict[str, Any]]] = {}
+        # generation block -> (its resolved fields but the seed, the block's own seed)
+        self._generation_specs: dict[GenerationSpec | None, tuple[dict[str, Any], int | None]] = {}
         # model block -> where its records go (a group key) or the problems that stop them
         self._routes: dict[ModelSpec | None, _Route] = {}
 
@@ -167,19 +185,21 @@ class Planner:
             spec = attrs.evolve(spec, checkpoint=default.path, output_dir=None)
         return spec
 
-    def params(self, record: Record) -> GenerationParams:
-        own = record.generation
-        # Per-record seeds make every block distinct: the rest of it is resolved once.
-        key = None if own is None else tuple(getattr(own, name) for name in _NOT_SEED)
-        resolved = self._generation_specs.get(key)
+    def planned(self, record: Record) -> PlannedRecord:
+        """``record`` with its parameters: its generation block over the defaults (resolved
+        once per distinct block: a sweep shares them) and its seed."""
+        resolved = self._generation_specs.get(record.generation)
         if resolved is None:
-            spec = stack(self._defaults, own and attrs.evolve(own, seed=None))
-            template = resolve_generation(spec, 0).to_fields()
-            resolved = self._generation_specs[key] = (spec.seed, template)
-        seed = own.seed if own is not None and own.seed is not None else resolved[0]
-        if seed is None:
+            spec = stack(self._defaults, record.generation)
+            fields = resolve_generation(spec, 0).to_fields()
+            del fields["seed"]
+            resolved = self._generation_specs[record.generation] = (fields, spec.seed)
+        fields, seed = resolved
+        if record.seed is not None:
+            seed = record.seed
+        elif seed is None:
             seed = derive_seed(self.run_seed, record.index)
-        return GenerationParams(**{**resolved[1], "seed": seed})
+        return PlannedRecord(record, fields=fields, seed=seed)
 
     def checkpoint(self, path: str, tokenizer: str | None) -> CheckpointInfo | CheckpointError:
         key = (path, tokenizer)
@@ -211,21 +231,25 @@ class Planner:
         for problem in parse_problems:
             log.add(problem)
         groups: dict[_GroupKey, PlannedGroup] = {}
+        group_of: dict[int, PlannedGroup] = {}  # id(route) -> its group: no key hashing per record
         for record in records:
             route = self._routes.get(record.model)
             if route is None:
                 route = self._routes[record.model] = self._route(record)
-            if route.problems:
-                for field, message in route.problems:
-                    log.add(Problem(record.line, field, message), merge=True)
-                continue
-            assert route.key is not None and route.info is not None and route.choice is not None
-            group = groups.get(route.key)
+            group = group_of.get(id(route))
             if group is None:
-                group = groups[route.key] = self._new_group(
-                    route.info, route.choice, route.key.dtype, record.line
-                )
-            group.records.append(PlannedRecord(record, self.params(record)))
+                if route.problems:
+                    for field, message in route.problems:
+                        log.add(Problem(record.line, field, message), merge=True)
+                    continue
+                assert route.key is not None and route.info and route.choice is not None
+                group = groups.get(route.key)
+                if group is None:
+                    group = groups[route.key] = self._new_group(
+                        route.info, route.choice, route.key.dtype, record.line
+                    )
+                group_of[id(route)] = group
+            group.records.append(self.planned(record))
         planned_groups = [self._summarise(group) for group in groups.values()]
         plan = Plan(
             input=self.source,
@@ -276,7 +300,7 @@ class Planner:
 
     def _summarise(self, group: PlannedGroup) -> PlannedGroup:
         info = group.info
-        budget = sum(r.params.max_new_tokens for r in group.records)
+        budget = sum(r.max_new_tokens for r in group.records)
         dtype_bytes = DTYPE_BYTES.get(group.request.dtype, 4)
         weight_bytes = info.param_count * dtype_bytes if info.param_count else None
         warnings = list(group.summary.warnings) + _context_warnings(group)
@@ -303,7 +327,7 @@ def _context_warnings(group: PlannedGroup) -> list[str]:
     will = may = 0
     for planned in group.records:
         n_bytes = len(planned.record.prompt.encode("utf-8"))
-        new = planned.params.max_new_tokens
+        new = planned.max_new_tokens
         if math.ceil(n_bytes / longest) + new > context:
             will += 1
         elif n_bytes + new > context:
