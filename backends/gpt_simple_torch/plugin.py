@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 import numpy as np
+import structlog
 
 from gpt_simple_core.checkpoints.hf_tokenizer import HFTokenizer
 from gpt_simple_core.checkpoints.model_config import ModelConfig
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from gpt_simple_core.checkpoints.info import CheckpointInfo
     from gpt_simple_torch.model import GPT
 
+log = structlog.get_logger(__name__)
+
 OVERFLOW_OPTION = "context_overflow"
 OVERFLOW_CHOICES = (OVERFLOW_EXTRAPOLATE, OVERFLOW_TRUNCATE)
 
@@ -55,13 +58,26 @@ def _import_torch() -> ModuleType:
     process holds one of the cores, a decode step measured 15-40x slower on a 2-CPU machine.
     PASSIVE threads sleep instead and the same contention costs 1.2-2x
     (shared/notes/cpu-and-onnx-facts.md). libgomp reads the variable once, when torch loads
-    it, so it only helps if torch is not imported yet; a user's own setting wins.
+    it, so it only helps if torch is not imported yet; a user's own setting wins. When torch
+    came first (a notebook, a script importing it before gpt_simple) it is too late: say so
+    once, with the fix.
     """
+    global _late_warned
     if "torch" not in sys.modules:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    elif "OMP_WAIT_POLICY" not in os.environ and not _late_warned:
+        _late_warned = True
+        log.warning(
+            "torch was imported before gpt-simple, so its OpenMP threads spin while waiting: "
+            "if another process holds a core, decoding can slow down 15-40x; set "
+            "OMP_WAIT_POLICY=PASSIVE in the environment (or import gpt_simple first)"
+        )
     import torch
 
     return torch
+
+
+_late_warned = False
 
 
 def default_threads() -> int:
