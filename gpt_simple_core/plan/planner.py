@@ -19,7 +19,7 @@ from gpt_simple_core.errors import CheckpointError
 from gpt_simple_core.plan.backend_choice import BackendChoice, choose_backend
 from gpt_simple_core.plan.model import Plan, PlanGroup, PlanProblem
 from gpt_simple_core.protocol import Backend, LoadRequest
-from gpt_simple_core.records.parse import Record
+from gpt_simple_core.records.parse import Record, bulk_allocation
 from gpt_simple_core.records.problems import Problem
 from gpt_simple_core.records.schema import (
     BUILTIN_GENERATION,
@@ -230,6 +230,18 @@ class Planner:
         log = _ProblemLog(self.source)
         for problem in parse_problems:
             log.add(problem)
+        with bulk_allocation():
+            planned_groups = self._place(records, log)
+        plan = Plan(
+            input=self.source,
+            records=len(records),
+            groups=tuple(g.summary for g in planned_groups),
+            problems=log.problems(),
+        )
+        return Planned(plan, planned_groups)
+
+    def _place(self, records: Sequence[Record], log: _ProblemLog) -> list[PlannedGroup]:
+        """Put every record in its group (or log why it cannot run); summarise the groups."""
         groups: dict[_GroupKey, PlannedGroup] = {}
         group_of: dict[int, PlannedGroup] = {}  # id(route) -> its group: no key hashing per record
         for record in records:
@@ -250,14 +262,7 @@ class Planner:
                     )
                 group_of[id(route)] = group
             group.records.append(self.planned(record))
-        planned_groups = [self._summarise(group) for group in groups.values()]
-        plan = Plan(
-            input=self.source,
-            records=len(records),
-            groups=tuple(g.summary for g in planned_groups),
-            problems=log.problems(),
-        )
-        return Planned(plan, planned_groups)
+        return [self._summarise(group) for group in groups.values()]
 
     def _route(self, record: Record) -> _Route:
         """Where records with this record's model block go; it depends on nothing else."""
@@ -326,8 +331,11 @@ def _context_warnings(group: PlannedGroup) -> list[str]:
     longest = group.info.details.get("max_token_bytes") or 1
     will = may = 0
     for planned in group.records:
-        n_bytes = len(planned.record.prompt.encode("utf-8"))
         new = planned.max_new_tokens
+        prompt = planned.record.prompt
+        if 4 * len(prompt) + new <= context:  # UTF-8 has at most 4 bytes a character
+            continue
+        n_bytes = len(prompt.encode("utf-8"))
         if math.ceil(n_bytes / longest) + new > context:
             will += 1
         elif n_bytes + new > context:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -247,6 +249,24 @@ def iter_json_lines(lines: Iterable[str | bytes]) -> Iterator[tuple[int, Any | P
         yield number, obj
 
 
+@contextmanager
+def bulk_allocation() -> Iterator[None]:
+    """Pause the cyclic garbage collector while many long-lived objects are built.
+
+    Reading 100k records allocates millions of dicts and strings that all stay alive; the
+    collector would keep walking all of them (a third of the time of a dry-run), while they
+    hold no reference cycles to find. Reference counting still frees everything as usual.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def parse_lines(
     lines: Iterable[str | bytes], *, allow_blocks: bool = True
 ) -> tuple[list[Record], list[Problem]]:
@@ -254,15 +274,16 @@ def parse_lines(
     parser = RecordParser(allow_blocks=allow_blocks)
     records: list[Record] = []
     problems: list[Problem] = []
-    for number, obj in iter_json_lines(lines):
-        if isinstance(obj, Problem):
-            problems.append(obj)
-            continue
-        record, found = parser.parse(obj, len(records), number)
-        if record is None:
-            problems.extend(found)
-        else:
-            records.append(record)
+    with bulk_allocation():
+        for number, obj in iter_json_lines(lines):
+            if isinstance(obj, Problem):
+                problems.append(obj)
+                continue
+            record, found = parser.parse(obj, len(records), number)
+            if record is None:
+                problems.extend(found)
+            else:
+                records.append(record)
     return records, problems
 
 
