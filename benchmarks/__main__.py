@@ -42,7 +42,7 @@ def main() -> None:
         "threads": (
             "gpt-simple torch/onnx: every usable CPU, torch's OpenMP set to PASSIVE waiting "
             "before torch loads, ORT spinning off (the backends' defaults); transformers: "
-            "torch's defaults"
+            "torch's default threads, OMP_WAIT_POLICY=PASSIVE like ours"
         ),
         "background_before": before,
         "background_mean": max(0.0, (busy1 - busy0 - (children_cpu() - cpu0)) / seconds),

@@ -92,7 +92,7 @@ class GroupScheduler:
         if not self._window:
             return
         longest_prompt = max(len(ids) for _, ids in self._window)
-        longest_new = max(r.params.max_new_tokens for r in records)
+        longest_new = max(r.max_new_tokens for r in records)
         self.capacity = plan_capacity(
             self.model,
             longest_row=longest_prompt + longest_new,
