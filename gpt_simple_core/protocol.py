@@ -105,6 +105,21 @@ class LoadedModel(ABC):
     * ``notes``: JSON-ready facts about this model for every record's ``meta``;
     * ``prefill_in_chunks``: whether a long prompt may arrive over several calls (set it to
       False when the first call must see the whole prompt, e.g. to trim it to a window).
+
+    Optional sizes the core plans batches with (see :mod:`gpt_simple_core.engine.capacity`);
+    leave them ``None`` and the core uses fixed defaults (16 rows, 4096 tokens per call):
+
+    * ``kv_bytes_per_token``: bytes of per-row state one token adds (the KV cache:
+      ``ModelConfig.kv_bytes_per_token``); with it the number of rows follows from the budget;
+    * ``memory_budget``: bytes the backend may spend on that state plus one call's
+      activations (e.g. free GPU memory); default: a quarter of the available RAM, at most
+      4 GiB;
+    * ``activation_bytes_per_token``: transient bytes one token of a forward call needs
+      (hidden states, attention scores at the longest context); sets the tokens per call;
+    * ``max_batch_size``: the most rows worth running together (default 64: on CPUs larger
+      batches stop paying off; a GPU backend may raise it).
+
+    ``--batch-size`` and ``--max-batch-tokens`` override what the sizes imply.
     """
 
     tokenizer: Tokenizer
@@ -114,6 +129,10 @@ class LoadedModel(ABC):
     context_overflow: str = OVERFLOW_EXTRAPOLATE
     notes: Mapping[str, Any] = {}
     prefill_in_chunks: bool = True
+    kv_bytes_per_token: int | None = None
+    memory_budget: int | None = None
+    activation_bytes_per_token: int | None = None
+    max_batch_size: int | None = None
 
     @abstractmethod
     def forward(self, rows: Sequence[int], tokens: Sequence[Sequence[int]]) -> np.ndarray:
@@ -124,8 +143,15 @@ class LoadedModel(ABC):
         usually carry one token. Rows in
         one call may have different numbers of new tokens. Returns a float32 array of shape
         ``[len(rows), vocab]``: the logits at the last position of each row, in ``rows`` order.
-        Row ids are small non-negative integers below the core's batch size.
+        The array then belongs to the core, which may modify it in place (return a fresh one,
+        not a buffer the backend reuses). Row ids are small non-negative integers below the
+        core's batch size.
         """
+
+    def reserve(self, rows: int, max_tokens: int) -> None:  # noqa: B027 - an optional hint
+        """Called once before decoding: row ids will stay below ``rows`` and rows will reach
+        about ``max_tokens`` tokens, so a cache can be allocated once instead of growing. A
+        hint only: a row may still grow past it."""
 
     def release(self, rows: Sequence[int]) -> None:  # noqa: B027 - optional for stateless backends
         """Forget the state of ``rows``; their ids may be reused for new sequences."""

@@ -167,6 +167,14 @@ class KVCache:
         if slot < len(self.lengths):
             self.lengths[slot] = 0
 
+    @torch.inference_mode()  # the cache may have been made in inference mode (by a step)
+    def move(self, source: int, target: int) -> None:
+        """Copy slot ``source``'s valid positions to slot ``target`` (which takes its length)."""
+        n = self.lengths[source]
+        self.k[:, target, :, :n] = self.k[:, source, :, :n]
+        self.v[:, target, :, :n] = self.v[:, source, :, :n]
+        self.lengths[target] = n
+
     def nbytes(self) -> int:
         return self.k.nbytes + self.v.nbytes
 

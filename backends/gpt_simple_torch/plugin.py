@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 import numpy as np
+import structlog
 
 from gpt_simple_core.checkpoints.hf_tokenizer import HFTokenizer
 from gpt_simple_core.checkpoints.model_config import ModelConfig
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from gpt_simple_core.checkpoints.info import CheckpointInfo
     from gpt_simple_torch.model import GPT
 
+log = structlog.get_logger(__name__)
+
 OVERFLOW_OPTION = "context_overflow"
 OVERFLOW_CHOICES = (OVERFLOW_EXTRAPOLATE, OVERFLOW_TRUNCATE)
 
@@ -55,13 +58,26 @@ def _import_torch() -> ModuleType:
     process holds one of the cores, a decode step measured 15-40x slower on a 2-CPU machine.
     PASSIVE threads sleep instead and the same contention costs 1.2-2x
     (shared/notes/cpu-and-onnx-facts.md). libgomp reads the variable once, when torch loads
-    it, so it only helps if torch is not imported yet; a user's own setting wins.
+    it, so it only helps if torch is not imported yet; a user's own setting wins. When torch
+    came first (a notebook, a script importing it before gpt_simple) it is too late: say so
+    once, with the fix.
     """
+    global _late_warned
     if "torch" not in sys.modules:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    elif "OMP_WAIT_POLICY" not in os.environ and not _late_warned:
+        _late_warned = True
+        log.warning(
+            "torch was imported before gpt-simple, so its OpenMP threads spin while waiting: "
+            "if another process holds a core, decoding can slow down 15-40x; set "
+            "OMP_WAIT_POLICY=PASSIVE in the environment (or import gpt_simple first)"
+        )
     import torch
 
     return torch
+
+
+_late_warned = False
 
 
 def default_threads() -> int:
@@ -172,15 +188,24 @@ class TorchBackend(Backend):
         )
 
 
+def activation_bytes_per_token(config: ModelConfig, dtype_bytes: int) -> int:
+    """Transient bytes one token of a forward call needs: hidden states, q/k/v and the MLP's
+    intermediates in the model dtype, plus fp32 attention scores over the trained context."""
+    hidden = 6 * config.n_embd + 3 * config.ffn_size
+    return dtype_bytes * hidden + 4 * config.n_head * config.n_positions
+
+
 class TorchModel(LoadedModel):
     """A :class:`~gpt_simple_torch.model.GPT` driven by the core's decode loop.
 
-    KV cache: one :class:`~gpt_simple_torch.model.KVCache` for all rows, indexed by row id
-    (the core's slot ids are small, so a row *is* its cache slot). A call writes only the new
-    tokens of its rows in place and attends over ``cache[rows, :, :longest]``, which is a view
-    when the rows are a contiguous run of ids (they are sorted here), so a decode step never
-    copies the cache; scattered rows cost one gather of their cached keys and values. Rows are
-    right-padded to the longest new chunk of the call, every token keeps its row's true
+    KV cache: one :class:`~gpt_simple_torch.model.KVCache` for all rows. A call writes only
+    the new tokens of its rows in place and attends over ``cache[slots, :, :longest]``, which
+    is a view when the slots are a contiguous run (scattered slots would cost a gather of
+    every cached key and value, in every layer, at every step). So the core's row ids map to
+    cache slots kept packed: a new row takes the next slot after the live ones, and releasing
+    a row moves the last live row into its hole (one row's cache copied once). Every decode
+    step of all live rows, and every prefill of newly admitted rows, then reads a view. Rows
+    are right-padded to the longest new chunk of the call, every token keeps its row's true
     position, and the mask hides padding and stale positions. One-token rows (decoding) and
     longer chunks (prompts) run as two batches, so a long prompt joining the batch does not pad
     every decoding row to its length.
@@ -212,8 +237,15 @@ class TorchModel(LoadedModel):
         self.context_overflow = _checked_overflow(context_overflow)
         self.notes = dict(notes or {})
         self._cache = KVCache(self.config, dtype=weight.dtype, device=weight.device)
+        # What the core sizes its batches with (protocol.LoadedModel).
+        self.kv_bytes_per_token = self.config.kv_bytes_per_token(weight.element_size())
+        self.activation_bytes_per_token = activation_bytes_per_token(
+            self.config, weight.element_size()
+        )
         # Token ids per row, kept only to recompute a truncated window.
         self._history: dict[int, list[int]] = {}
+        self._slot: dict[int, int] = {}  # the core's row id -> its cache slot
+        self._row_at: list[int] = []  # cache slot -> row id; live slots are 0..len-1
 
     @classmethod
     def from_module(
@@ -241,18 +273,32 @@ class TorchModel(LoadedModel):
         if any(len(new) == 0 for new in tokens):
             raise ValueError("every row needs at least one new token")
         feed = [self._window(row, list(new)) for row, new in zip(rows, tokens, strict=True)]
+        slots = [self._slot_of(row) for row in rows]
         out = np.empty((len(rows), self.config.vocab_size), dtype=np.float32)
         decoding = [i for i, new in enumerate(feed) if len(new) == 1]
         prefilling = [i for i, new in enumerate(feed) if len(new) > 1]
         for group in (decoding, prefilling):
             if not group:
                 continue
-            group.sort(key=lambda i: rows[i])  # ascending slots: the cache is read as a view
+            group.sort(key=lambda i: slots[i])  # ascending slots: the cache is read as a view
             logits = self.module.step(
-                self._cache, [rows[i] for i in group], [feed[i] for i in group]
+                self._cache, [slots[i] for i in group], [feed[i] for i in group]
             )
             out[group] = logits.float().cpu().numpy()
         return out
+
+    def _slot_of(self, row: int) -> int:
+        """``row``'s cache slot; a new row takes the next slot after the live ones."""
+        slot = self._slot.get(row)
+        if slot is None:
+            slot = self._slot[row] = len(self._row_at)
+            self._row_at.append(row)
+        return slot
+
+    def cached_length(self, row: int) -> int:
+        """Tokens of ``row`` in the cache (0 for a row not seen since its release)."""
+        slot = self._slot.get(row)
+        return 0 if slot is None else self._cache.lengths[slot]
 
     def _window(self, row: int, new: list[int]) -> list[int]:
         """The tokens to run for ``row``: ``new``, or under ``truncate`` a whole recomputed
@@ -265,19 +311,38 @@ class TorchModel(LoadedModel):
         if len(history) <= limit:
             return new
         del history[:-limit]
-        self._cache.release(row)
+        if row in self._slot:
+            self._cache.release(self._slot[row])
         return list(history)
+
+    def reserve(self, rows: int, max_tokens: int) -> None:
+        """Allocate the cache for ``rows`` rows of ``max_tokens`` once, instead of growing
+        it (each growth copies the whole cache) while the first rows decode."""
+        limit = self.context_length if self.context_overflow == OVERFLOW_TRUNCATE else None
+        self._cache.reserve(rows, min(max_tokens, limit) if limit else max_tokens)
 
     def release(self, rows: Sequence[int]) -> None:
         for row in rows:
-            self._cache.release(row)
             self._history.pop(row, None)
+            slot = self._slot.pop(row, None)
+            if slot is None:
+                continue
+            last = len(self._row_at) - 1
+            if slot != last:  # keep live slots packed: the last live row fills the hole
+                moved = self._row_at[last]
+                self._cache.move(last, slot)
+                self._row_at[slot] = moved
+                self._slot[moved] = slot
+            self._cache.release(last)
+            self._row_at.pop()
 
     def close(self) -> None:
         device = self.device
         self._cache = None
         self.module = None
         self._history.clear()
+        self._slot.clear()
+        self._row_at.clear()
         if device.startswith("cuda"):
             _import_torch().cuda.empty_cache()
 

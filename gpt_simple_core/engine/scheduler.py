@@ -1,9 +1,17 @@
 """The decode loop of one group (one loaded model): continuous batching over a fixed set of slots.
 
-Records are admitted in input order into free slots; each admission is prefilled (in chunks
-when the prompt is longer than the per-call token budget), then every active row advances one
-token per step. A finished row releases its slot at once and the next waiting record takes it,
-so no row waits for the longest one in its batch. A failure inside a batched forward call is
+Records wait in a bounded admission window, taken in input order and tokenized as they enter
+it. When slots are free, the oldest waiting record is always admitted (nothing starves) and
+the other free slots go to the records of the window whose prompt lengths are closest to its
+(length bucketing: a batched prefill call pads every row to its longest, so similar lengths
+waste little). Each admission is prefilled (in chunks when a prompt is longer than the tokens
+allowed per call), then every active row advances one token per step. A finished row releases
+its slot at once and the window refills it, so no row waits for the longest one in its batch.
+Output order is restored by the writer; per-record seeds make every completion independent of
+which rows shared a step.
+
+The number of slots and the tokens per call come from the model's memory budget
+(:mod:`gpt_simple_core.engine.capacity`) unless set. A failure inside a batched forward call is
 isolated by replaying each row of that call alone: only the row that fails on its own gets an
 ``error``.
 """
@@ -11,26 +19,36 @@ isolated by replaying each row of that call alone: only the row that fails on it
 from __future__ import annotations
 
 import contextlib
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
+import structlog
 
-from gpt_simple_core.engine.sampler import forbidden_mask
+from gpt_simple_core.engine.capacity import DEFAULT_MAX_SLOTS, Capacity, plan_capacity
+from gpt_simple_core.engine.sampler import forbidden_mask, next_tokens
 from gpt_simple_core.engine.sequence import Sequence
 from gpt_simple_core.errors import GenerationError
 from gpt_simple_core.plan.planner import PlannedRecord
 from gpt_simple_core.protocol import LoadedModel
 
-DEFAULT_BATCH_SIZE = 16
-DEFAULT_MAX_BATCH_TOKENS = 4096
+log = structlog.get_logger(__name__)
+
+#: The admission window holds this many times the number of slots.
+WINDOW_FACTOR = 4
 
 OnDone = Callable[[Sequence], None]
 OnError = Callable[[PlannedRecord, BaseException], None]
+Waiting = tuple[PlannedRecord, list[int]]  # a record and its prompt's token ids
+Logits = tuple[list[int], np.ndarray]  # rows and their logits [len(rows), vocab]
 
 
 class GroupScheduler:
-    """Runs records through one :class:`LoadedModel`, reporting each as it finishes."""
+    """Runs records through one :class:`LoadedModel`, reporting each as it finishes.
+
+    ``batch_size`` and ``max_batch_tokens`` override the slots and tokens per call the memory
+    budget implies. ``bucketing=False`` admits strictly in input order (same completions,
+    more padding).
+    """
 
     def __init__(
         self,
@@ -41,33 +59,70 @@ class GroupScheduler:
         batch_size: int | None = None,
         max_batch_tokens: int | None = None,
         on_tokens: Callable[[int], None] | None = None,
+        bucketing: bool = True,
     ) -> None:
         self.model = model
-        self.batch_size = batch_size or DEFAULT_BATCH_SIZE
-        self.max_batch_tokens = max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS
+        self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.bucketing = bucketing
         self.on_done = on_done
         self.on_error = on_error
         self.on_tokens = on_tokens or (lambda n: None)
+        self.capacity: Capacity | None = None
         self._forbidden: np.ndarray | None = None
         self.active: dict[int, Sequence] = {}
         self._free: list[int] = []
+        self._window: list[Waiting] = []
+        self._window_size = 0
+
+    @property
+    def call_tokens(self) -> int:
+        assert self.capacity is not None
+        return self.capacity.call_tokens
 
     # The loop ------------------------------------------------------------------------------
     def run(self, records: Iterable[PlannedRecord]) -> None:
-        waiting = deque(records)
-        self._free = list(range(self.batch_size - 1, -1, -1))
+        records = list(records)
+        pending = iter(records)
+        # Fill a first window as large as the largest batch could need, then size the batch
+        # from the longest row it holds.
+        cap = self.batch_size or self.model.max_batch_size or DEFAULT_MAX_SLOTS
+        self._window, self._window_size = [], WINDOW_FACTOR * cap
+        self._fill(pending)
+        if not self._window:
+            return
+        longest_prompt = max(len(ids) for _, ids in self._window)
+        longest_new = max(r.max_new_tokens for r in records)
+        self.capacity = plan_capacity(
+            self.model,
+            longest_row=longest_prompt + longest_new,
+            batch_size=self.batch_size,
+            max_batch_tokens=self.max_batch_tokens,
+        )
+        slots = self.capacity.slots
+        log.info(
+            "batching",
+            slots=slots,
+            tokens_per_call=self.capacity.call_tokens,
+            why=self.capacity.reason,
+        )
+        self.model.reserve(slots, longest_prompt + longest_new)
+        self._window_size = WINDOW_FACTOR * slots
+        self._free = list(range(slots - 1, -1, -1))
         self.active = {}
-        while waiting or self.active:
-            admitted = self._admit(waiting)
+        while self._window or self.active:
+            admitted = self._admit(pending)
             if admitted:
                 self._step({slot: self.active[slot].prompt_ids for slot in admitted})
             if self.active:
                 self._step({slot: seq.generated[-1:] for slot, seq in self.active.items()})
 
-    def _admit(self, waiting: deque[PlannedRecord]) -> list[int]:
-        admitted = []
-        while waiting and self._free:
-            planned = waiting.popleft()
+    def _fill(self, pending: Iterator[PlannedRecord]) -> None:
+        """Top the window up from ``pending``, tokenizing as records enter it."""
+        while len(self._window) < self._window_size:
+            planned = next(pending, None)
+            if planned is None:
+                return
             try:
                 prompt_ids = self.model.tokenizer.encode(planned.record.prompt)
                 if not prompt_ids:
@@ -75,20 +130,43 @@ class GroupScheduler:
             except Exception as exc:
                 self.on_error(planned, exc)
                 continue
+            self._window.append((planned, prompt_ids))
+
+    def _admit(self, pending: Iterator[PlannedRecord]) -> list[int]:
+        chosen = choose_admissions(
+            [len(ids) for _, ids in self._window], len(self._free), bucketing=self.bucketing
+        )
+        admitted = []
+        for position in chosen:
+            planned, prompt_ids = self._window[position]
             slot = self._free.pop()
             self.active[slot] = Sequence(planned, prompt_ids, self.model.tokenizer)
             admitted.append(slot)
+        for position in reversed(chosen):
+            del self._window[position]
+        if chosen:
+            self._fill(pending)
         return admitted
 
     def _step(self, feed: dict[int, list[int]]) -> None:
         """Feed tokens to rows, then sample one token for each row that survived."""
-        logits = self._forward(feed)
-        forbidden = self._forbidden_for(logits)
+        slots, logits = self._forward(feed)
+        if not slots:
+            return
+        seqs = [self.active[slot] for slot in slots]
+        tokens = next_tokens(
+            logits,
+            [seq.params for seq in seqs],
+            [seq.seen for seq in seqs],
+            self._forbidden_for(logits.shape[-1]),
+            [seq.rng for seq in seqs],
+        )
         produced = 0
-        for slot, row_logits in logits.items():
-            seq = self.active[slot]
+        for slot, seq, token in zip(slots, seqs, tokens, strict=True):
             try:
-                seq.add(seq.choose(row_logits, forbidden))
+                if isinstance(token, Exception):
+                    raise token
+                seq.add(token)
             except Exception as exc:
                 self._fail(slot, exc)
                 continue
@@ -99,25 +177,29 @@ class GroupScheduler:
         self.on_tokens(produced)
 
     # Forward calls -------------------------------------------------------------------------
-    def _forward(self, feed: dict[int, list[int]]) -> dict[int, np.ndarray]:
-        """Logits for every row of ``feed`` that did not fail, packed under the token budget."""
-        out: dict[int, np.ndarray] = {}
+    def _forward(self, feed: dict[int, list[int]]) -> Logits:
+        """Logits of every row of ``feed`` that did not fail, packed under the token budget."""
+        parts: list[Logits] = []
         call: list[int] = []
         budget = 0
         for slot, tokens in feed.items():
-            if len(tokens) > self.max_batch_tokens:
-                self._call_alone(slot, tokens, out)
+            if len(tokens) > self.call_tokens:
+                self._call_alone(slot, tokens, parts)
                 continue
-            if call and budget + len(tokens) > self.max_batch_tokens:
-                self._call(call, feed, out)
+            if call and budget + len(tokens) > self.call_tokens:
+                self._call(call, feed, parts)
                 call, budget = [], 0
             call.append(slot)
             budget += len(tokens)
         if call:
-            self._call(call, feed, out)
-        return out
+            self._call(call, feed, parts)
+        if len(parts) == 1:
+            return parts[0]
+        if not parts:
+            return [], np.empty((0, 0), dtype=np.float32)
+        return [s for rows, _ in parts for s in rows], np.concatenate([lg for _, lg in parts])
 
-    def _call(self, slots: list[int], feed: dict[int, list[int]], out: dict) -> None:
+    def _call(self, slots: list[int], feed: dict[int, list[int]], parts: list[Logits]) -> None:
         try:
             logits = self.model.forward(slots, [feed[s] for s in slots])
         except Exception as exc:
@@ -128,14 +210,13 @@ class GroupScheduler:
             self.model.release(slots)
             for slot in slots:
                 seq = self.active[slot]
-                self._call_alone(slot, seq.prompt_ids + seq.generated, out)
+                self._call_alone(slot, seq.prompt_ids + seq.generated, parts)
             return
-        for slot, row in zip(slots, logits, strict=True):
-            out[slot] = row
+        parts.append((slots, _owned_float32(logits)))
 
-    def _call_alone(self, slot: int, tokens: list[int], out: dict) -> None:
+    def _call_alone(self, slot: int, tokens: list[int], parts: list[Logits]) -> None:
         """Feed one row, in chunks of at most the token budget; keep the last logits."""
-        chunk_size = self.max_batch_tokens if self.model.prefill_in_chunks else max(len(tokens), 1)
+        chunk_size = self.call_tokens if self.model.prefill_in_chunks else max(len(tokens), 1)
         try:
             for start in range(0, len(tokens), chunk_size):
                 chunk = tokens[start : start + chunk_size]
@@ -143,16 +224,14 @@ class GroupScheduler:
         except Exception as exc:
             self._fail(slot, exc)
             return
-        out[slot] = logits[0]
+        parts.append(([slot], _owned_float32(logits)))
 
     # Bookkeeping ---------------------------------------------------------------------------
-    def _forbidden_for(self, logits: dict[int, np.ndarray]) -> np.ndarray:
-        if self._forbidden is None and logits:
-            vocab = next(iter(logits.values())).shape[-1]
+    def _forbidden_for(self, vocab: int) -> np.ndarray:
+        if self._forbidden is None:
             tokenizer = self.model.tokenizer
             self._forbidden = forbidden_mask(vocab, len(tokenizer), tokenizer.never_generate)
-        assert self._forbidden is not None or not logits
-        return self._forbidden  # type: ignore[return-value]
+        return self._forbidden
 
     def _retire(self, slot: int) -> None:
         del self.active[slot]
@@ -166,3 +245,27 @@ class GroupScheduler:
         ):  # the row is failing already; a release error adds nothing
             self._retire(slot)
         self.on_error(seq.planned, exc)
+
+
+def choose_admissions(lengths: list[int], free: int, *, bucketing: bool = True) -> list[int]:
+    """Positions (ascending) of the waiting records to admit into ``free`` slots.
+
+    ``lengths`` are the prompt lengths of the window, oldest first. The oldest is always
+    admitted, so no record waits longer than it takes the window to pass it; with
+    ``bucketing`` the others are those whose lengths are closest to the oldest's (ties: the
+    older first), else simply the next ones.
+    """
+    if free <= 0 or not lengths:
+        return []
+    if free >= len(lengths) or not bucketing:
+        return list(range(min(free, len(lengths))))
+    anchor = lengths[0]
+    closest = sorted(range(1, len(lengths)), key=lambda i: (abs(lengths[i] - anchor), i))
+    return [0, *sorted(closest[: free - 1])]
+
+
+def _owned_float32(logits: np.ndarray) -> np.ndarray:
+    """The sampler masks logits in place: make sure they are a writable float32 array."""
+    if logits.dtype != np.float32 or not logits.flags.writeable:
+        return np.array(logits, dtype=np.float32)
+    return logits

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -18,7 +19,7 @@ from gpt_simple_core.errors import CheckpointError
 from gpt_simple_core.plan.backend_choice import BackendChoice, choose_backend
 from gpt_simple_core.plan.model import Plan, PlanGroup, PlanProblem
 from gpt_simple_core.protocol import Backend, LoadRequest
-from gpt_simple_core.records.parse import Record
+from gpt_simple_core.records.parse import Record, bulk_allocation
 from gpt_simple_core.records.problems import Problem
 from gpt_simple_core.records.schema import (
     BUILTIN_GENERATION,
@@ -33,10 +34,30 @@ from gpt_simple_core.records.seeds import derive_seed, draw_run_seed
 from gpt_simple_core.settings import Settings
 
 
-@attrs.frozen
+@attrs.define(eq=False)
 class PlannedRecord:
+    """A record and its resolved sampling parameters.
+
+    The planner gives each record the fields its generation block resolves to (shared by the
+    records with that block) and its seed; ``params`` is built from them on first use, so
+    planning (a dry-run of 100k records) does not build an object per record.
+    """
+
     record: Record
-    params: GenerationParams
+    _params: GenerationParams | None = None
+    _fields: Mapping[str, Any] | None = attrs.field(default=None, repr=False)
+    _seed: int | None = None
+
+    @property
+    def params(self) -> GenerationParams:
+        if self._params is None:
+            assert self._fields is not None and self._seed is not None
+            self._params = GenerationParams(**self._fields, seed=self._seed)
+        return self._params
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self._params.max_new_tokens if self._params else self._fields["max_new_tokens"]
 
 
 @attrs.define
@@ -62,6 +83,16 @@ class _GroupKey:
     dtype: str
     tokenizer: Path | None
     backend: str | None
+
+
+@attrs.frozen
+class _Route:
+    """Where a model block sends its records: a group, or problems (field, message)."""
+
+    key: _GroupKey | None = None
+    info: CheckpointInfo | None = None
+    choice: BackendChoice | None = None
+    problems: tuple[tuple[str, str], ...] = ()
 
 
 class _ProblemLog:
@@ -131,7 +162,10 @@ class Planner:
         self._choices: dict[tuple, BackendChoice] = {}
         # Sweeps repeat the same blocks on every line: stack each distinct block once.
         self._model_specs: dict[ModelSpec | None, ModelSpec] = {}
-        self._generation_specs: dict[GenerationSpec | None, GenerationSpec] = {}
+        # generation block -> (its resolved fields but the seed, the block's own seed)
+        self._generation_specs: dict[GenerationSpec | None, tuple[dict[str, Any], int | None]] = {}
+        # model block -> where its records go (a group key) or the problems that stop them
+        self._routes: dict[ModelSpec | None, _Route] = {}
 
     # Per record ----------------------------------------------------------------------------
     def model_spec(self, record: Record) -> ModelSpec:
@@ -151,13 +185,21 @@ class Planner:
             spec = attrs.evolve(spec, checkpoint=default.path, output_dir=None)
         return spec
 
-    def params(self, record: Record) -> GenerationParams:
-        spec = self._generation_specs.get(record.generation)
-        if spec is None:
+    def planned(self, record: Record) -> PlannedRecord:
+        """``record`` with its parameters: its generation block over the defaults (resolved
+        once per distinct block: a sweep shares them) and its seed."""
+        resolved = self._generation_specs.get(record.generation)
+        if resolved is None:
             spec = stack(self._defaults, record.generation)
-            self._generation_specs[record.generation] = spec
-        seed = spec.seed if spec.seed is not None else derive_seed(self.run_seed, record.index)
-        return resolve_generation(spec, seed)
+            fields = resolve_generation(spec, 0).to_fields()
+            del fields["seed"]
+            resolved = self._generation_specs[record.generation] = (fields, spec.seed)
+        fields, seed = resolved
+        if record.seed is not None:
+            seed = record.seed
+        elif seed is None:
+            seed = derive_seed(self.run_seed, record.index)
+        return PlannedRecord(record, fields=fields, seed=seed)
 
     def checkpoint(self, path: str, tokenizer: str | None) -> CheckpointInfo | CheckpointError:
         key = (path, tokenizer)
@@ -188,31 +230,8 @@ class Planner:
         log = _ProblemLog(self.source)
         for problem in parse_problems:
             log.add(problem)
-        groups: dict[_GroupKey, PlannedGroup] = {}
-        for record in records:
-            spec = self.model_spec(record)
-            if spec.path is None:
-                message = "no model: give model.checkpoint in the record, or --checkpoint"
-                log.add(Problem(record.line, "model", message), merge=True)
-                continue
-            field = "model.checkpoint" if record.model and record.model.path else "--checkpoint"
-            info = self.checkpoint(spec.path, spec.tokenizer)
-            if isinstance(info, CheckpointError):
-                log.add(Problem(record.line, field, str(info)), merge=True)
-                continue
-            dtype = spec.dtype or "auto"
-            choice = self.choice(info, spec.backend, dtype)
-            if choice.problems:
-                for message in choice.problems:
-                    log.add(Problem(record.line, "model.backend", message), merge=True)
-                continue
-            backend_name = choice.backend.name if choice.backend else None
-            key = _GroupKey(info.path, dtype, info.tokenizer, backend_name)
-            group = groups.get(key)
-            if group is None:
-                group = groups[key] = self._new_group(info, choice, dtype, record.line)
-            group.records.append(PlannedRecord(record, self.params(record)))
-        planned_groups = [self._summarise(group) for group in groups.values()]
+        with bulk_allocation():
+            planned_groups = self._place(records, log)
         plan = Plan(
             input=self.source,
             records=len(records),
@@ -220,6 +239,48 @@ class Planner:
             problems=log.problems(),
         )
         return Planned(plan, planned_groups)
+
+    def _place(self, records: Sequence[Record], log: _ProblemLog) -> list[PlannedGroup]:
+        """Put every record in its group (or log why it cannot run); summarise the groups."""
+        groups: dict[_GroupKey, PlannedGroup] = {}
+        group_of: dict[int, PlannedGroup] = {}  # id(route) -> its group: no key hashing per record
+        for record in records:
+            route = self._routes.get(record.model)
+            if route is None:
+                route = self._routes[record.model] = self._route(record)
+            group = group_of.get(id(route))
+            if group is None:
+                if route.problems:
+                    for field, message in route.problems:
+                        log.add(Problem(record.line, field, message), merge=True)
+                    continue
+                assert route.key is not None and route.info and route.choice is not None
+                group = groups.get(route.key)
+                if group is None:
+                    group = groups[route.key] = self._new_group(
+                        route.info, route.choice, route.key.dtype, record.line
+                    )
+                group_of[id(route)] = group
+            group.records.append(self.planned(record))
+        return [self._summarise(group) for group in groups.values()]
+
+    def _route(self, record: Record) -> _Route:
+        """Where records with this record's model block go; it depends on nothing else."""
+        spec = self.model_spec(record)
+        if spec.path is None:
+            message = "no model: give model.checkpoint in the record, or --checkpoint"
+            return _Route(problems=(("model", message),))
+        field = "model.checkpoint" if record.model and record.model.path else "--checkpoint"
+        info = self.checkpoint(spec.path, spec.tokenizer)
+        if isinstance(info, CheckpointError):
+            return _Route(problems=((field, str(info)),))
+        dtype = spec.dtype or "auto"
+        choice = self.choice(info, spec.backend, dtype)
+        if choice.problems:
+            return _Route(problems=tuple(("model.backend", m) for m in choice.problems))
+        backend_name = choice.backend.name if choice.backend else None
+        key = _GroupKey(info.path, dtype, info.tokenizer, backend_name)
+        return _Route(key=key, info=info, choice=choice)
 
     def _new_group(
         self, info: CheckpointInfo, choice: BackendChoice, dtype: str, line: int
@@ -244,7 +305,7 @@ class Planner:
 
     def _summarise(self, group: PlannedGroup) -> PlannedGroup:
         info = group.info
-        budget = sum(r.params.max_new_tokens for r in group.records)
+        budget = sum(r.max_new_tokens for r in group.records)
         dtype_bytes = DTYPE_BYTES.get(group.request.dtype, 4)
         weight_bytes = info.param_count * dtype_bytes if info.param_count else None
         warnings = list(group.summary.warnings) + _context_warnings(group)
@@ -270,8 +331,11 @@ def _context_warnings(group: PlannedGroup) -> list[str]:
     longest = group.info.details.get("max_token_bytes") or 1
     will = may = 0
     for planned in group.records:
-        n_bytes = len(planned.record.prompt.encode("utf-8"))
-        new = planned.params.max_new_tokens
+        new = planned.max_new_tokens
+        prompt = planned.record.prompt
+        if 4 * len(prompt) + new <= context:  # UTF-8 has at most 4 bytes a character
+            continue
+        n_bytes = len(prompt.encode("utf-8"))
         if math.ceil(n_bytes / longest) + new > context:
             will += 1
         elif n_bytes + new > context:

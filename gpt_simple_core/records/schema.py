@@ -152,6 +152,10 @@ class GenerationParams:
     stop_token_ids: tuple[int, ...]
     ignore_eos: bool
 
+    def to_fields(self) -> dict[str, Any]:
+        """Every field by name (``GenerationParams(**fields)`` makes an equal instance)."""
+        return {field.name: getattr(self, field.name) for field in attrs.fields(type(self))}
+
     def to_json(self) -> dict[str, Any]:
         """The effective ``generation`` block of the output (every key, seed included)."""
         out = attrs.asdict(self)

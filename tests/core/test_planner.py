@@ -13,6 +13,7 @@ from gpt_simple_core.plan.model import PLAN_VERSION, Plan, plan_from_json, plan_
 from gpt_simple_core.plan.planner import Planner
 from gpt_simple_core.plan.render import render_text
 from gpt_simple_core.records.parse import parse_lines, read_jsonl
+from gpt_simple_core.records.seeds import derive_seed
 from gpt_simple_core.settings import RunOptions, Settings
 from tests.core.helpers import PlanOnlyBackend, cli, register_backends, word_tokenizer, write_jsonl
 from tests.support.checkpoints import small_config, write_checkpoint, write_run_dir, write_tokenizer
@@ -274,6 +275,21 @@ def test_dry_run_json_and_text(two_models, tmp_path, capsys):
     assert code == 2
     assert json.loads(out)["problems"][0]["line"] == 2
     assert f"{source}:2: prompt: must be a string" in err
+
+
+def test_each_record_keeps_its_seed_or_derives_one_from_the_run_seed(two_models):
+    """Blocks differing only by seed are resolved once; seeds stay per record."""
+    run, _ = two_models
+    lines = [record(run), record(run), record(run), record(run), record(run, max_new_tokens=9)]
+    for line, seed in zip(lines, (5, None, 6, None, 7), strict=True):
+        if seed is not None:
+            line["generation"]["seed"] = seed
+    settings = Settings(generation=attrs.evolve(Settings().generation, seed=123))
+    (group,) = make_plan(lines, settings).groups
+    params = [r.params for r in group.records]
+    assert [p.seed for p in params] == [5, derive_seed(123, 1), 6, derive_seed(123, 3), 7]
+    assert [p.max_new_tokens for p in params] == [5, 5, 5, 5, 9]
+    assert len({attrs.evolve(p, seed=0) for p in params[:4]}) == 1
 
 
 def test_missing_input_file(capsys):

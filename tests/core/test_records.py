@@ -197,6 +197,32 @@ def test_block_problems_are_not_hidden_by_the_cache():
     assert [p.line for p in problems] == [2, 4]
 
 
+def test_per_record_seeds_share_the_rest_of_the_block_and_keep_their_own_checks():
+    """The cache shares a generation block without its seed: each record keeps its own seed
+    (``Record.seed``), and a bad seed is reported as if nothing were cached."""
+    base = {"max_new_tokens": 3, "top_k": 5}
+    lines = [{"prompt": "p", "generation": {**base, "seed": seed}} for seed in (7, 8, 0)]
+    lines += [
+        {"prompt": "p", "generation": {**base, "seed": -1}},
+        {"prompt": "p", "generation": {**base, "seed": True}},
+        {"prompt": "p", "generation": {**base, "seed": 1.5}},
+        {"prompt": "p", "generation": {**base, "seed": None}},
+        {"prompt": "p", "generation": {"max_new_tokens": 0, "seed": 9}},
+        {"prompt": "p", "generation": {"max_new_tokens": 0, "seed": 10}},
+    ]
+    records, problems = parse(*lines)
+    assert [(r.line, r.seed) for r in records] == [(1, 7), (2, 8), (3, 0), (7, None)]
+    assert all(r.generation.top_k == 5 and r.generation.max_new_tokens == 3 for r in records)
+    assert len({id(r.generation) for r in records}) == 1  # one shared block
+    assert messages(problems) == [
+        (4, "generation.seed", "must be in [0, 2**64), got -1"),
+        (5, "generation.seed", "must be an integer, got true"),
+        (6, "generation.seed", "must be an integer, got 1.5"),
+        (8, "generation.max_new_tokens", "must be >= 1, got 0"),
+        (9, "generation.max_new_tokens", "must be >= 1, got 0"),
+    ]
+
+
 # Top-level keys -------------------------------------------------------------------------
 @pytest.mark.parametrize("key", ["idx", "uid", "prompt_id", "id", "source", "models2x", "prom"])
 def test_ordinary_extra_keys_pass(key):

@@ -17,6 +17,8 @@ from gpt_simple_core.engine.sampler import (
     draw,
     forbidden_mask,
     next_token,
+    next_tokens,
+    nucleus,
 )
 from gpt_simple_core.records.schema import GenerationParams
 from tests.core.helpers import generation_params as params
@@ -263,3 +265,102 @@ def test_a_real_generator_follows_the_distribution():
         minlength=4,
     )
     np.testing.assert_allclose(counts / 4000, [0.5, 0.2, 0.2, 0.1], atol=0.03)
+
+
+# The batched path: identical to next_token, row by row --------------------------------------
+def _rows(seed: int, n: int, vocab: int) -> np.ndarray:
+    """Logits with the hazards of real ones: repeated values (ties), -inf, a wide range."""
+    rng = np.random.default_rng(seed)
+    logits = (rng.standard_normal((n, vocab)) * 4).astype(np.float32)
+    logits[:, rng.integers(0, vocab, size=vocab // 4)] = np.round(logits[:, :1], 1)  # ties
+    logits[1, : vocab - 3] = -np.inf  # fewer finite logits than most top_k
+    logits[2, 5] = np.inf
+    logits[3, 7] = np.nan
+    logits[4, :] = -np.inf  # nothing left at all
+    logits[5, :] = 1.0  # everything tied
+    return logits
+
+
+BATCH_PARAMS = [
+    {"greedy": True},
+    {"greedy": True, "repetition_penalty": 1.3},
+    {},
+    {"top_k": 50, "top_p": 0.95, "temperature": 0.8},  # the CLI's defaults
+    {"top_k": 5},
+    {"top_k": 1},
+    {"top_k": 10_000},  # more than the vocabulary
+    {"top_k": 40, "min_p": 0.05, "temperature": 1.7},
+    {"top_p": 0.5},  # top-p over the whole vocabulary: a growing head
+    {"top_p": 0.999, "temperature": 3.0},
+    {"top_k": 20, "repetition_penalty": 1.5},
+    {"top_k": 20, "temperature": 1e-250},  # outside the fast path's temperatures
+]
+
+
+@pytest.mark.parametrize("vocab", [64, 3000])
+def test_batched_sampling_equals_one_row_at_a_time(vocab):
+    n = 24
+    logits = _rows(vocab, n, vocab)
+    forbidden = forbidden_mask(vocab, vocab - 2, (3,))
+    seen = [np.array([0, 3, 9]) if i % 2 else NOTHING_SEEN for i in range(n)]
+    for index, overrides in enumerate(BATCH_PARAMS):
+        ps = [params(seed=index, **overrides) for _ in range(n)]
+        expected: list = []
+        for row in range(n):
+            rng = np.random.default_rng(row)
+            try:
+                expected.append(next_token(logits[row].copy(), ps[row], seen[row], forbidden, rng))
+            except ValueError as exc:
+                expected.append(str(exc))
+        got = next_tokens(
+            logits.copy(), ps, seen, forbidden, [np.random.default_rng(r) for r in range(n)]
+        )
+        got = [str(t) if isinstance(t, ValueError) else t for t in got]
+        assert got == expected, overrides
+        assert "the model produced NaN logits" in got
+        assert "every token is masked or has a non-finite logit" in got
+
+
+def test_batched_sampling_mixes_parameters_and_advances_each_stream_once():
+    vocab = 500
+    logits = _rows(7, len(BATCH_PARAMS), vocab)
+    logits[:6] = np.random.default_rng(8).standard_normal((6, vocab))  # no hazards up front
+    forbidden = forbidden_mask(vocab, vocab, ())
+    ps = [params(seed=i, **o) for i, o in enumerate(BATCH_PARAMS)]
+    seen = [NOTHING_SEEN] * len(ps)
+    batched = [np.random.default_rng(i) for i in range(len(ps))]
+    alone = [np.random.default_rng(i) for i in range(len(ps))]
+    got = next_tokens(logits.copy(), ps, seen, forbidden, batched)
+    for row, p in enumerate(ps):
+        try:
+            token = next_token(logits[row].copy(), p, seen[row], forbidden, alone[row])
+        except ValueError:
+            assert isinstance(got[row], ValueError)
+            continue
+        assert got[row] == token, p
+    # the generators stand where one-row sampling leaves them: the next draws agree
+    assert [g.random() for g in batched] == [g.random() for g in alone]
+
+
+def _top_p_by_full_sort(values: np.ndarray, top_p: float) -> list[int]:
+    """The rule with a full sort: descending probability, ties by position."""
+    probs = np.exp(values - values.max())
+    probs /= probs.sum()
+    order = np.lexsort((np.arange(values.size), -values))
+    kept, mass = [], 0.0
+    for i in order:
+        if kept and mass >= top_p:
+            break
+        kept.append(int(i))
+        mass += probs[i]
+    return sorted(kept)
+
+
+@pytest.mark.parametrize("top_p", [0.01, 0.3, 0.9, 0.99, 0.999999])
+@pytest.mark.parametrize("spread", [0.1, 1.0, 8.0])  # flat (huge nucleus) to peaked
+def test_top_p_with_a_partial_sort_keeps_what_a_full_sort_keeps(top_p, spread):
+    rng = np.random.default_rng(int(spread * 10))
+    values = np.round(rng.standard_normal(5000) * spread, 2)  # rounding makes many ties
+    ids = np.arange(5000)
+    kept, _ = nucleus(ids, values, params(top_p=top_p))
+    assert kept.tolist() == _top_p_by_full_sort(values, top_p)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from gpt_simple_core.checkpoints.model_config import ModelConfig
 from gpt_simple_torch.model import GPT
 from tests.support.checkpoints import small_config
+from tests.support.llama import llama_config_kwargs, llama_state_dict
 from tests.torch.helpers import build_gpt
 from tests.torch.reference import reference_logits
 
@@ -22,65 +22,15 @@ TOLERANCE = 1e-4
 # Two sequences of different content, long enough for RoPE angles of several radians.
 SEQ_LEN = 24
 
-LLAMA_NAMES = {
-    "ln_1": "input_layernorm",
-    "ln_2": "post_attention_layernorm",
-    "attn.q_proj": "self_attn.q_proj",
-    "attn.k_proj": "self_attn.k_proj",
-    "attn.v_proj": "self_attn.v_proj",
-    "attn.c_proj": "self_attn.o_proj",
-    "mlp.c_gate": "mlp.gate_proj",
-    "mlp.c_up": "mlp.up_proj",
-    "mlp.c_down": "mlp.down_proj",
-}
-
 
 def to_llama(config: ModelConfig, weights: Mapping[str, np.ndarray]) -> LlamaForCausalLM:
-    """``LlamaForCausalLM`` (eager attention, fp32) holding ``weights``.
-
-    Only for the Llama-equivalent settings: swish, gated MLP, RMSNorm, biases all on or all
-    off. Linear RoPE scaling is transformers' ``linear`` rope type with the same factor; NTK is
-    plain RoPE with theta = base x factor.
-    """
-    assert (config.activation, config.mlp_type, config.norm) == ("swish", "gated", "rmsnorm")
-    assert len({config.has_qkv_bias, config.has_attn_out_bias, config.has_mlp_bias}) == 1
-    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": config.rope_base}
-    if config.rope_scaling_type == "linear":
-        rope = {"rope_type": "linear", "rope_theta": config.rope_base}
-        rope["factor"] = config.rope_scaling_factor
-    elif config.rope_scaling_type == "ntk":
-        rope["rope_theta"] = config.rope_base * config.rope_scaling_factor
-    llama_config = LlamaConfig(
-        vocab_size=config.vocab_size,
-        hidden_size=config.n_embd,
-        intermediate_size=config.ffn_size,
-        num_hidden_layers=config.n_layer,
-        num_attention_heads=config.n_head,
-        num_key_value_heads=config.n_kv_head or config.n_head,
-        max_position_embeddings=config.n_positions,
-        rms_norm_eps=config.norm_eps,
-        rope_parameters=rope,
-        tie_word_embeddings=config.tie_word_embeddings,
-        attention_bias=config.has_qkv_bias,
-        mlp_bias=config.has_mlp_bias,
-        hidden_act="silu",
-    )
+    """``LlamaForCausalLM`` (eager attention, fp32) holding ``weights``."""
+    llama_config = LlamaConfig(**llama_config_kwargs(config))
     llama_config._attn_implementation = "eager"
-    mapped = {}
-    for key, value in weights.items():
-        if key == "wte.weight":
-            name = "model.embed_tokens.weight"
-        elif key.startswith("ln_f."):
-            name = "model.norm." + key.removeprefix("ln_f.")
-        elif key == "lm_head.weight":
-            name = key
-        else:  # h.{i}.{module}.{param}
-            _, layer, rest = key.split(".", 2)
-            module, param = rest.rsplit(".", 1)
-            name = f"model.layers.{layer}.{LLAMA_NAMES[module]}.{param}"
-        mapped[name] = torch.from_numpy(np.ascontiguousarray(value))
-    if config.tie_word_embeddings:
-        mapped["lm_head.weight"] = mapped["model.embed_tokens.weight"]
+    mapped = {
+        name: torch.from_numpy(np.ascontiguousarray(value))
+        for name, value in llama_state_dict(config, weights).items()
+    }
     model = LlamaForCausalLM(llama_config).eval()
     model.load_state_dict(mapped, strict=True)
     return model

@@ -137,3 +137,32 @@ def test_plugin_import_is_torch_free_and_torch_starts_passive() -> None:
         "torch_after_resolve": True,
         "wait_policy": "PASSIVE",
     }
+
+
+def test_torch_imported_first_gets_a_warning_once() -> None:
+    """Too late to ask OpenMP not to spin: the log says so, with the fix."""
+    script = (
+        "import torch, gpt_simple_torch.plugin as plugin\n"
+        "from gpt_simple_core.protocol import LoadRequest\n"
+        "plugin.TorchBackend().resolve(LoadRequest())\n"
+        "plugin.TorchBackend().resolve(LoadRequest())\n"
+    )
+    env = {"PATH": "", "PYTHONPATH": ":".join(sys.path)}
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO_ROOT,
+        env=env,
+    )
+    assert (result.stdout + result.stderr).count("OMP_WAIT_POLICY=PASSIVE") == 1
+    quiet = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO_ROOT,
+        env={**env, "OMP_WAIT_POLICY": "ACTIVE"},  # the user chose: nothing to say
+    )
+    assert "OMP_WAIT_POLICY" not in quiet.stdout + quiet.stderr

@@ -45,7 +45,7 @@ class Sequences:
             self.ids.setdefault(row, []).extend(feed[row])
             expected = full_logits(self.model.module, self.ids[row])
             assert np.abs(row_logits - expected).max() <= CACHE_TOLERANCE, f"row {row}"
-            assert self.model._cache.lengths[row] == len(self.ids[row])  # true positions
+            assert self.model.cached_length(row) == len(self.ids[row])  # true positions
 
     def release(self, *rows: int) -> None:
         self.model.release(rows)
@@ -84,6 +84,20 @@ def test_batch_of_rows_joining_and_leaving(runner: TorchModel) -> None:
     seqs.call({9: prompt(6, 5), 1: [11]})
     seqs.release(0, 1)
     seqs.call({0: prompt(7, 2), 9: [12], 3: [13]})
+
+
+def test_released_rows_leave_the_live_cache_slots_packed(runner: TorchModel) -> None:
+    """Live rows keep cache slots 0..n-1 (a decode step of all of them reads a view, not a
+    gather), and a row moved into a hole keeps its exact state."""
+    seqs = Sequences(runner)
+    seqs.call({row: prompt(row, 3 + row) for row in range(6)})
+    seqs.release(1, 3)
+    assert sorted(runner._slot.values()) == list(range(4))
+    seqs.call({0: [1], 2: [2], 4: [3], 5: [4]})  # logits still equal a full forward
+    seqs.call({7: prompt(9, 4), 5: [6]})
+    assert runner._slot[7] == 4
+    seqs.release(0, 2, 4, 5, 7)
+    assert runner._slot == {} and runner.cached_length(5) == 0
 
 
 def test_cache_grows_past_its_first_block(config: ModelConfig, tokenizer: HFTokenizer) -> None:
@@ -159,7 +173,7 @@ def test_truncation_recomputes_the_last_window(vocab_tokens: int, tokenizer: HFT
         for row in (0, 1):
             ids[row].append(step + row)
         logits = model.forward([0, 1], [[ids[0][-1]], [ids[1][-1]]])
-    assert model._cache.lengths[1] == limit
+    assert model.cached_length(1) == limit
 
 
 def test_unknown_overflow_policy_is_refused(runner: TorchModel, tokenizer: HFTokenizer) -> None:

@@ -1,0 +1,1 @@
+"""One module per tool; each runs in its own subprocess and prints one JSON line."""
