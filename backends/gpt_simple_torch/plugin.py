@@ -13,7 +13,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
-import numpy as np
 import structlog
 
 from gpt_simple_core.checkpoints.hf_tokenizer import HFTokenizer
@@ -34,6 +33,8 @@ from gpt_simple_core.protocol import (
 
 if TYPE_CHECKING:
     from types import ModuleType
+
+    import numpy as np
 
     from gpt_simple_core.checkpoints.info import CheckpointInfo
     from gpt_simple_torch.model import GPT
@@ -272,6 +273,8 @@ class TorchModel(LoadedModel):
             raise ValueError(f"rows must be distinct non-negative integers, got {list(rows)}")
         if any(len(new) == 0 for new in tokens):
             raise ValueError("every row needs at least one new token")
+        import numpy as np  # here, not at the top: a dry-run imports this plugin, never numpy
+
         feed = [self._window(row, list(new)) for row, new in zip(rows, tokens, strict=True)]
         slots = [self._slot_of(row) for row in rows]
         out = np.empty((len(rows), self.config.vocab_size), dtype=np.float32)

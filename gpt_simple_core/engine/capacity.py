@@ -11,6 +11,9 @@ Both follow from a memory budget unless the user sets them (``--batch-size``,
   ``activation_bytes_per_token``, between :data:`MIN_CALL_TOKENS` and
   :data:`MAX_CALL_TOKENS`, and never fewer than the slots (a decode step is one call).
 
+Never more slots than the group has records: a backend reserves its cache for every slot, so
+one prompt must not pay (in time and memory) for 64.
+
 A backend that says nothing gets :data:`DEFAULT_SLOTS` rows and :data:`DEFAULT_CALL_TOKENS`
 tokens per call, the engine's earlier fixed defaults.
 """
@@ -71,8 +74,10 @@ def plan_capacity(
     longest_row: int,
     batch_size: int | None = None,
     max_batch_tokens: int | None = None,
+    records: int | None = None,
 ) -> Capacity:
-    """Slots and tokens per call for ``model`` when rows reach ``longest_row`` tokens."""
+    """Slots and tokens per call for ``model`` when rows reach ``longest_row`` tokens and the
+    group holds ``records`` records (None: unknown)."""
     budget = model.memory_budget or default_budget()
     kv = model.kv_bytes_per_token
     if batch_size is not None:
@@ -86,6 +91,8 @@ def plan_capacity(
         )
     else:
         slots, why = model.max_batch_size or DEFAULT_SLOTS, "default (no KV size from the backend)"
+    if records is not None and slots > records:
+        slots, why = max(1, records), f"{why}; {records} record(s) in the group"
     if max_batch_tokens is not None:
         tokens = max_batch_tokens
     elif model.activation_bytes_per_token:

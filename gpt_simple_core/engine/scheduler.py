@@ -98,6 +98,7 @@ class GroupScheduler:
             longest_row=longest_prompt + longest_new,
             batch_size=self.batch_size,
             max_batch_tokens=self.max_batch_tokens,
+            records=len(records),
         )
         slots = self.capacity.slots
         log.info(

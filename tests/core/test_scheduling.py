@@ -153,6 +153,19 @@ def test_the_model_is_told_the_rows_and_their_length_once():
     assert run.reserved == [(6, longest)]
 
 
+def test_a_small_group_reserves_no_more_slots_than_it_has_records():
+    model = ToyModel({}, LoadRequest())
+    model.kv_bytes_per_token = 1000
+    model.memory_budget = 1 << 30
+    assert plan_capacity(model, longest_row=100, records=1).slots == 1
+    assert plan_capacity(model, longest_row=100, records=5, batch_size=8).slots == 5
+    assert plan_capacity(model, longest_row=100, records=500).slots == capacity.DEFAULT_MAX_SLOTS
+    records = planned_records(3, seed=2)
+    longest = max(len(r.record.prompt) for r in records)
+    longest += max(r.params.max_new_tokens for r in records)
+    assert Run(records).reserved == [(3, longest)]
+
+
 def test_bucketing_pads_prefill_less():
     records = planned_records(200, seed=9)
     bucketed = Run(records, batch_size=16)
