@@ -175,12 +175,13 @@ class TorchBackend(Backend):
         if checkpoint.weights is None or checkpoint.tokenizer is None:
             raise CheckpointError(f"{checkpoint.path}: no weights or no tokenizer to load")
         torch = _import_torch()
-        from gpt_simple_torch.loading import load_model
+        from gpt_simple_torch.loading import load_model, store_matrices_transposed
 
         threads = request.threads or default_threads()
         torch.set_num_threads(threads)  # process-wide: the last model loaded decides
         config = ModelConfig.from_dict(checkpoint.config, source=str(checkpoint.path))
         module = load_model(checkpoint.weights, config, dtype=request.dtype, device=request.device)
+        store_matrices_transposed(module)
         return TorchModel.from_module(
             module,
             HFTokenizer(checkpoint.tokenizer),

@@ -13,7 +13,7 @@ import torch
 
 from gpt_simple_core.checkpoints.model_config import ModelConfig
 from gpt_simple_core.errors import CheckpointError
-from gpt_simple_torch.loading import load_model, read_state_dict
+from gpt_simple_torch.loading import load_model, read_state_dict, store_matrices_transposed
 from tests.conftest import REPO_ROOT
 from tests.support.checkpoints import random_state_dict, small_config, write_checkpoint
 from tests.torch.helpers import full_logits
@@ -116,12 +116,34 @@ def test_cast_to_requested_dtype(tmp_path: Path, config: ModelConfig) -> None:
     assert np.isfinite(full_logits(model, [1, 2, 3])).all()
 
 
+@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("weights_format", ["safetensors", "bin"])
+def test_matrices_stored_transposed_compute_the_same_logits(
+    tmp_path: Path, config: ModelConfig, tied: bool, weights_format: str
+) -> None:
+    config = ModelConfig(**{**config.to_dict(), "tie_word_embeddings": tied})
+    ckpt = write_checkpoint(tmp_path, config, weights_format=weights_format, seed=4)
+    model = load_model(weights_path(ckpt), config)
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    expected = full_logits(model, [5, 1, 4, 2])
+    store_matrices_transposed(model)
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    for key, value in after.items():
+        assert torch.equal(value, before[key]), key  # same shapes, same values
+    matrices = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    if tied:
+        matrices.append(model.wte.weight)
+    assert matrices and all(w.t().is_contiguous() and not w.is_contiguous() for w in matrices)
+    np.testing.assert_allclose(full_logits(model, [5, 1, 4, 2]), expected, rtol=1e-5, atol=1e-5)
+
+
 PEAK_SCRIPT = """
 import json, sys
 from pathlib import Path
 import torch
 from gpt_simple_core.checkpoints.model_config import ModelConfig
-from gpt_simple_torch.loading import load_model
+from gpt_simple_torch.loading import load_model, store_matrices_transposed
 
 def status(key):
     lines = Path("/proc/self/status").read_text().splitlines()
@@ -139,6 +161,7 @@ del warm
 Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
 before = status("VmRSS:")
 model = load_model(Path(sys.argv[2]), config)
+store_matrices_transposed(model)  # as the plugin loads it: a copy of every matrix
 model(input_ids=torch.tensor([[1, 2, 3]]))  # touches every weight
 print(json.dumps({"growth": status("VmHWM:") - before}))
 """
@@ -148,7 +171,8 @@ print(json.dumps({"growth": status("VmHWM:") - before}))
 def test_loading_peaks_near_one_copy_of_the_weights(
     tmp_path: Path, vocab_tokens: int, weights_format: str
 ) -> None:
-    """Peak RSS growth while loading (and running once) stays near the weights' size."""
+    """Peak RSS growth while loading (and re-laying out, and running once) stays near the
+    weights' size."""
     config = small_config(vocab_tokens, n_embd=512, n_layer=4, n_head=8)
     ckpt = write_checkpoint(tmp_path, config, weights_format=weights_format)
     weight_bytes = 4 * config.param_count()
