@@ -164,9 +164,13 @@ class TorchBackend(Backend):
         """Wrap a :class:`GPT` a user got from ``load_for_inference`` for ``generate``."""
         if "torch" not in sys.modules:  # no torch imported: it cannot be one of our modules
             return None
+        import torch
+
         from gpt_simple_torch.model import GPT
 
-        return TorchModel.from_module(model, tokenizer) if isinstance(model, GPT) else None
+        if not isinstance(model, GPT):
+            return None
+        return TorchModel.from_module(model, tokenizer, notes={"threads": torch.get_num_threads()})
 
     def load(self, checkpoint: CheckpointInfo, request: LoadRequest) -> TorchModel:
         request = self.resolve(request)
