@@ -148,6 +148,18 @@ class LoadedModel(ABC):
         core's batch size.
         """
 
+    @staticmethod
+    def check_forward_arguments(rows: Sequence[int], tokens: Sequence[Sequence[int]]) -> None:
+        """Raise ``ValueError`` unless ``forward``'s arguments keep its contract (one token list
+        per row, distinct non-negative rows, at least one token each): for backends to call
+        first, so a caller's mistake reads as one rather than as a shape error deep inside."""
+        if len(rows) != len(tokens):
+            raise ValueError(f"{len(rows)} rows but {len(tokens)} token lists")
+        if len(set(rows)) != len(rows) or any(r < 0 for r in rows):
+            raise ValueError(f"rows must be distinct non-negative integers, got {list(rows)}")
+        if any(len(new) == 0 for new in tokens):
+            raise ValueError("every row needs at least one new token")
+
     def reserve(self, rows: int, max_tokens: int) -> None:  # noqa: B027 - an optional hint
         """Called once before decoding: row ids will stay below ``rows`` and rows will reach
         about ``max_tokens`` tokens, so a cache can be allocated once instead of growing. A

@@ -98,12 +98,7 @@ class OnnxModel(LoadedModel):
 
     # The protocol ----------------------------------------------------------------------------
     def forward(self, rows: Sequence[int], tokens: Sequence[Sequence[int]]) -> np.ndarray:
-        if len(rows) != len(tokens):
-            raise ValueError(f"{len(rows)} rows but {len(tokens)} token lists")
-        if len(set(rows)) != len(rows) or any(r < 0 for r in rows):
-            raise ValueError(f"rows must be distinct non-negative integers, got {list(rows)}")
-        if any(len(new) == 0 for new in tokens):
-            raise ValueError("every row needs at least one new token")
+        self.check_forward_arguments(rows, tokens)
         if not rows:
             return np.empty((0, self.config.vocab_size), dtype=np.float32)
         current = self._blocks.get(rows[0])

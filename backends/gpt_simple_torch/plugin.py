@@ -272,12 +272,7 @@ class TorchModel(LoadedModel):
         return self.module
 
     def forward(self, rows: Sequence[int], tokens: Sequence[Sequence[int]]) -> np.ndarray:
-        if len(rows) != len(tokens):
-            raise ValueError(f"{len(rows)} rows but {len(tokens)} token lists")
-        if len(set(rows)) != len(rows) or any(r < 0 for r in rows):
-            raise ValueError(f"rows must be distinct non-negative integers, got {list(rows)}")
-        if any(len(new) == 0 for new in tokens):
-            raise ValueError("every row needs at least one new token")
+        self.check_forward_arguments(rows, tokens)
         import numpy as np  # here, not at the top: a dry-run imports this plugin, never numpy
 
         feed = [self._window(row, list(new)) for row, new in zip(rows, tokens, strict=True)]

@@ -13,7 +13,7 @@ from gpt_simple_core import plugin_manager
 from gpt_simple_core.checkpoints.info import CheckpointInfo
 from gpt_simple_core.errors import BackendError
 from gpt_simple_core.plan.backend_choice import choose_backend
-from gpt_simple_core.protocol import EXPLICIT, LoadRequest
+from gpt_simple_core.protocol import EXPLICIT, LoadedModel, LoadRequest
 from tests.core.helpers import PlanOnlyBackend, _BackendsPlugin, cli, register_backends, write_jsonl
 from tests.support.toy_backend import ToyBackend
 
@@ -228,3 +228,18 @@ def test_backends_command_shows_plugin_errors_and_empty_installs(monkeypatch, ca
         "backends": [],
         "plugin_errors": {"ghost": "named in GPT_SIMPLE_PLUGINS but not installed"},
     }
+
+
+@pytest.mark.parametrize(
+    ("rows", "tokens", "message"),
+    [
+        ([0, 1], [[1]], "2 rows but 1 token lists"),
+        ([0, 0], [[1], [2]], "distinct non-negative"),
+        ([-1], [[1]], "distinct non-negative"),
+        ([0, 1], [[1], []], "at least one new token"),
+    ],
+)
+def test_forward_arguments_that_break_the_contract_are_named(rows, tokens, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        LoadedModel.check_forward_arguments(rows, tokens)
+    LoadedModel.check_forward_arguments([3, 0], [[1], [2, 3]])  # a valid call passes
