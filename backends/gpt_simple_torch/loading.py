@@ -139,6 +139,8 @@ def store_matrices_transposed(model: GPT) -> None:
 
     Largest matrix first, and the mapped file pages of each original are handed back to the
     kernel once its copy exists, so host memory still peaks near one copy of the weights.
+    Only for a module :func:`load_model` just returned: the originals' pages are dropped, so
+    nothing else may hold (and later read) those tensors.
     """
     if model.wte.weight.device.type != "cpu":
         return
