@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from gpt_simple_core.checkpoints.model_config import ModelConfig
+from gpt_simple_lm_format.config import ModelConfig
 from tests.support.checkpoints import random_state_dict, tokenizer_vocab_size, write_checkpoint
 
 WORK = Path(__file__).resolve().parent / "work"

@@ -7,16 +7,18 @@ it keep working::
 
     model, tokenizer, config = load_for_inference("runs/my-run", dtype="fp32")
     print(generate(model, tokenizer, ["The assert statement"], do_sample=False)[0])
+
+Plugin authors import from :mod:`gpt_simple.plugins` instead. The API functions are imported
+on first use, so ``import gpt_simple.plugins`` (what every plugin does, even for a dry-run)
+does not load the engine.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from gpt_simple_core import __version__
-from gpt_simple_core.api import (
-    ValidatedCheckpoint,
-    generate,
-    generate_records,
-    load_for_inference,
-    validate_checkpoint,
-)
 from gpt_simple_core.errors import (
     BackendError,
     CheckpointError,
@@ -25,6 +27,23 @@ from gpt_simple_core.errors import (
     GptSimpleError,
     TokenizerError,
 )
+
+if TYPE_CHECKING:
+    from gpt_simple_core.api import (
+        ValidatedCheckpoint,
+        generate,
+        generate_records,
+        load_for_inference,
+        validate_checkpoint,
+    )
+
+_API = {
+    "ValidatedCheckpoint",
+    "generate",
+    "generate_records",
+    "load_for_inference",
+    "validate_checkpoint",
+}
 
 __all__ = [
     "BackendError",
@@ -40,3 +59,13 @@ __all__ = [
     "load_for_inference",
     "validate_checkpoint",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        return getattr(importlib.import_module("gpt_simple_core.api"), name)
+    raise AttributeError(f"module 'gpt_simple' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -12,22 +12,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import attrs
-
+from gpt_simple_core import logs
 from gpt_simple_core.checkpoints.info import CheckpointInfo
 from gpt_simple_core.checkpoints.resolve import resolve_checkpoint
-from gpt_simple_core.errors import BackendError, GenerationError
-from gpt_simple_core.plan.backend_choice import choose_backend
-from gpt_simple_core.plan.planner import PlannedRecord
-from gpt_simple_core.protocol import LoadedModel, LoadRequest, Tokenizer
+from gpt_simple_core.errors import ConfigError, GenerationError
+from gpt_simple_core.output.sinks import MemorySink
+from gpt_simple_core.protocol import Tokenizer
 from gpt_simple_core.records.parse import Record, parse_generation
-from gpt_simple_core.records.schema import (
-    BUILTIN_GENERATION,
-    normalize_dtype,
-    resolve_generation,
-    stack,
-)
-from gpt_simple_core.records.seeds import derive_seed, draw_run_seed
+from gpt_simple_core.registry import Registry, default_registry
+from gpt_simple_core.session import Session
+from gpt_simple_core.settings import RunOptions, Settings
 
 
 class _CheckpointFields(NamedTuple):
@@ -54,15 +48,18 @@ def validate_checkpoint(
     *,
     tokenizer_path: str | os.PathLike[str] | None = None,
     load_tokenizer: bool = True,
+    registry: Registry | None = None,
 ) -> ValidatedCheckpoint:
     """Resolve and check a checkpoint without loading weights.
 
     Checks that the config parses (unknown keys reported), the weights exist (and, for
     safetensors, match the config), and the tokenizer is found and loads. Raises
     :class:`~gpt_simple_core.errors.CheckpointError` with every path tried otherwise.
+    ``registry`` defaults to the installed plugins (:func:`default_registry`).
     """
     info = resolve_checkpoint(
         os.fspath(path),
+        registry or default_registry(),
         tokenizer=os.fspath(tokenizer_path) if tokenizer_path is not None else None,
         load_tokenizer=load_tokenizer,
     )
@@ -78,44 +75,27 @@ def load_for_inference(
     dtype: str | None = None,
     tokenizer_path: str | os.PathLike[str] | None = None,
     backend: str | None = None,
+    options: Mapping[str, Any] | None = None,
+    registry: Registry | None = None,
 ) -> tuple[Any, Tokenizer, Mapping[str, Any]]:
     """Load a checkpoint; return ``(model, tokenizer, model_config)`` like the trainer.
 
     For the PyTorch backend ``model`` is its ``nn.Module`` (``model(input_ids=ids).logits``
     works as in the trainer); other backends return their :class:`LoadedModel`. Either can be
-    passed to :func:`generate`. ``backend`` defaults to the automatic choice by format.
+    passed to :func:`generate`. ``backend`` defaults to the automatic choice by format;
+    ``options`` are the backend's own (as a record's ``model.options``). The checkpoint goes
+    through the same resolution, backend choice and pre-flight as a CLI run.
     """
-    from gpt_simple_core import plugin_manager
-
-    info = resolve_checkpoint(
-        os.fspath(path),
-        tokenizer=os.fspath(tokenizer_path) if tokenizer_path is not None else None,
-    )
-    request = LoadRequest(
-        dtype=normalize_dtype(dtype) if dtype else "auto", device=device or "auto"
-    )
-    choice = choose_backend(
-        info, backend, request, plugin_manager.get_backends(), plugin_manager.plugin_errors
-    )
-    if choice.problems or choice.backend is None:
-        raise BackendError("; ".join(choice.problems))
-    loaded = choice.backend.load(info, choice.backend.resolve(request))
+    raw_model: dict[str, Any] = {"checkpoint": os.fspath(path)}
+    for key, value in (("dtype", dtype), ("backend", backend), ("options", options)):
+        if value is not None:
+            raw_model[key] = dict(value) if key == "options" else value
+    if tokenizer_path is not None:
+        raw_model["tokenizer"] = os.fspath(tokenizer_path)
+    spec = _api_block(raw_model, "model")
+    session = _session(Settings(run=_run_options(device=device)), registry)
+    loaded, info = session.load(spec)
     return loaded.public_model(), loaded.tokenizer, dict(info.config)
-
-
-def _as_loaded_model(model: Any, tokenizer: Any) -> LoadedModel:
-    from gpt_simple_core import plugin_manager
-
-    if isinstance(model, LoadedModel):
-        return model
-    for backend in plugin_manager.get_backends().values():
-        adopted = backend.adopt(model, tokenizer)
-        if adopted is not None:
-            return adopted
-    raise TypeError(
-        f"{type(model).__name__} is not a model gpt-simple can run: pass what "
-        f"load_for_inference returned"
-    )
 
 
 def generate_records(
@@ -136,16 +116,16 @@ def generate_records(
     stop_token_ids: Sequence[int] | None = None,
     ignore_eos: bool = False,
     batch_size: int | None = None,
+    registry: Registry | None = None,
 ) -> list[dict[str, Any]]:
     """Like :func:`generate` but returns one output record per prompt: ``prompt``, then
     ``completion`` or ``error``, the effective ``generation`` block and ``meta``.
 
     Defaults are the trainer API's (temperature 1.0, no top-k, no top-p), not the CLI's.
     ``seed`` is a run seed: each prompt's seed is derived from it and the prompt's position,
-    so repeated prompts differ; the effective seed is in each record's ``generation``.
+    so repeated prompts differ; the effective seed is in each record's ``generation``. Bad
+    arguments raise :class:`~gpt_simple_core.errors.ConfigError` naming each one.
     """
-    loaded = _as_loaded_model(model, tokenizer)
-    texts = [prompts] if isinstance(prompts, str) else list(prompts)
     raw_generation = {
         "max_new_tokens": max_new_tokens,
         "temperature": temperature,
@@ -161,44 +141,24 @@ def generate_records(
     }
     if seed is not None:
         raw_generation["seed"] = seed
-    spec, problems = parse_generation(raw_generation, path="")
-    if problems or spec is None:
-        raise ValueError("; ".join(f"{p.field}: {p.message}" for p in problems))
-    run_seed = spec.seed if spec.seed is not None else draw_run_seed()
-    spec = stack(BUILTIN_GENERATION, attrs.evolve(spec, seed=None))
-    planned = []
+    generation = _api_block(raw_generation, "generation")
+    texts = [prompts] if isinstance(prompts, str) else list(prompts)
+    records = []
     for index, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"prompt {index} is {type(text).__name__}, not str")
-        record = Record(index, index + 1, text, {"prompt": text})
-        planned.append(
-            PlannedRecord(record, resolve_generation(spec, derive_seed(run_seed, index)))
-        )
-    return _run_in_memory(loaded, planned, batch_size)
-
-
-def _run_in_memory(
-    loaded: LoadedModel, planned: list[PlannedRecord], batch_size: int | None
-) -> list[dict[str, Any]]:
-    from gpt_simple_core.engine.results import error_entry, output_record, sequence_meta
-    from gpt_simple_core.engine.scheduler import GroupScheduler
-
-    shared = {
+        records.append(Record(index, index + 1, text, {"prompt": text}))
+    settings = Settings(run=_run_options(batch_size=batch_size), generation=generation)
+    session = _session(settings, registry)
+    loaded = session.adopt(model, tokenizer)
+    sink = MemorySink()
+    meta = {
         "dtype": loaded.dtype,
         "device": loaded.device,
         **({"notes": dict(loaded.notes)} if loaded.notes else {}),
     }
-    results: list[dict[str, Any] | None] = [None] * len(planned)
-
-    def done(seq: Any) -> None:
-        meta = sequence_meta(shared, seq, loaded)
-        results[seq.index] = output_record(seq.planned, meta, completion=seq.text())
-
-    def failed(item: PlannedRecord, exc: BaseException) -> None:
-        results[item.record.index] = output_record(item, shared, error=error_entry(exc))
-
-    GroupScheduler(loaded, on_done=done, on_error=failed, batch_size=batch_size).run(planned)
-    return [r for r in results if r is not None]
+    session.generate(loaded, records, sink, meta=meta)
+    return sink.in_order()
 
 
 def generate(
@@ -212,12 +172,61 @@ def generate(
     Accepts the trainer's keyword arguments (``max_new_tokens=100, temperature=1.0,
     top_k=None, top_p=None, do_sample=True, repetition_penalty=1.0, seed=None,
     return_full_text=False``) and more: ``min_p``, ``stop``, ``stop_token_ids``,
-    ``ignore_eos``, ``batch_size``. Prompts are batched through the same engine as the CLI.
-    Raises :class:`~gpt_simple_core.errors.GenerationError` if any prompt fails.
+    ``ignore_eos``, ``batch_size``, ``registry``. Prompts are batched through the same engine
+    as the CLI. Raises :class:`~gpt_simple_core.errors.GenerationError` if any prompt fails,
+    :class:`~gpt_simple_core.errors.ConfigError` for a bad argument.
     """
+    unknown = sorted(set(options) - _GENERATE_KEYWORDS)
+    if unknown:
+        from gpt_simple_core.records.converter import did_you_mean
+
+        hints = "; ".join(f"{k}{did_you_mean(k, _GENERATE_KEYWORDS)}" for k in unknown)
+        raise TypeError(f"generate() got unexpected keyword argument(s): {hints}")
     records = generate_records(model, tokenizer, prompts, **options)
     errors = [(i, r["error"]) for i, r in enumerate(records) if "error" in r]
     if errors:
         detail = "; ".join(f"prompt {i}: {e['type']}: {e['message']}" for i, e in errors[:5])
         raise GenerationError(f"{len(errors)} prompt(s) failed: {detail}")
     return [r["completion"] for r in records]
+
+
+_GENERATE_KEYWORDS = frozenset(
+    name
+    for name in generate_records.__code__.co_varnames[
+        : generate_records.__code__.co_argcount + generate_records.__code__.co_kwonlyargcount
+    ]
+    if name not in ("model", "tokenizer", "prompts")
+)
+
+
+def _session(settings: Settings, registry: Registry | None) -> Session:
+    """The API's session: the installed plugins unless given, quiet (warnings only)."""
+    logs.ensure_configured(level="warning")
+    return Session(settings, registry or default_registry(), progress=False)
+
+
+def _api_block(raw: dict[str, Any], kind: str) -> Any:
+    """A model or generation block from keyword arguments, checked like a record's; every
+    problem is named in one :class:`ConfigError` (``top_p: must be in (0, 1], got 2``)."""
+    from gpt_simple_core.records.parse import parse_model
+
+    parse = parse_generation if kind == "generation" else parse_model
+    spec, problems = parse(raw, path="")
+    if problems or spec is None:
+        raise ConfigError(
+            "invalid argument(s): " + "; ".join(f"{p.field}: {p.message}" for p in problems)
+        )
+    return spec
+
+
+def _run_options(**values: Any) -> RunOptions:
+    from gpt_simple_core.records.converter import structure_block
+
+    run, problems = structure_block(
+        {k: v for k, v in values.items() if v is not None}, RunOptions, ""
+    )
+    if problems or run is None:
+        raise ConfigError(
+            "invalid argument(s): " + "; ".join(f"{p.field}: {p.message}" for p in problems)
+        )
+    return run

@@ -6,9 +6,16 @@ the ``gpt_simple`` entry-point group in its ``pyproject.toml``::
     [project.entry-points.gpt_simple]
     my-backend = "my_package.plugin"
 
-Built-in backends are registered the same way and have no privileges. Set
-``GPT_SIMPLE_PLUGINS`` to a comma-separated list of entry-point names to load only those
-(empty: none), for reproducible runs or to rule out a broken plugin.
+The module also declares the plugin API version it was written for, and may name plugins it
+cannot work without (loaded with it even when ``GPT_SIMPLE_PLUGINS`` does not name them)::
+
+    GPT_SIMPLE_PLUGIN_API = 1
+    GPT_SIMPLE_PLUGIN_REQUIRES = ("gpt-simple-lm",)
+
+Everything a plugin needs is importable from :mod:`gpt_simple.plugins`. Built-in backends and
+formats are registered the same way and have no privileges. Set ``GPT_SIMPLE_PLUGINS`` to a
+comma-separated list of entry-point names to load only those (empty: none), for reproducible
+runs or to rule out a broken plugin.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from gpt_simple_core.checkpoints.info import CheckpointInfo
-    from gpt_simple_core.protocol import Backend, Exporter
+    from gpt_simple_core.protocol import Backend, Exporter, Format
 
 PROJECT = "gpt_simple"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -57,3 +64,10 @@ def gpt_simple_inspect_checkpoint(
 def gpt_simple_register_exporters(register: Callable[[Exporter], None]) -> None:
     """Register checkpoint exporters (``gpt-simple export --format NAME``) by calling
     ``register(exporter)`` once per :class:`~gpt_simple_core.protocol.Exporter`."""
+
+
+@hookspec
+def gpt_simple_register_formats(register: Callable[[Format], None]) -> None:
+    """Register the checkpoint formats this plugin claims in ``gpt_simple_inspect_checkpoint``
+    by calling ``register(Format(...))`` once per format: ``gpt-simple backends`` lists them,
+    and a user with a checkpoint no installed backend runs is told what to install."""

@@ -10,6 +10,20 @@ import structlog
 LEVELS = ("debug", "info", "warning", "error")
 
 
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is at the time of writing, not when logging was
+    configured: a notebook or a test harness that swaps ``sys.stderr`` still gets the logs."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def configure(log_format: str = "console", level: str = "info") -> None:
     """Send structlog output to stderr, human-readable (``console``) or one JSON object a line."""
     renderer: structlog.typing.Processor
@@ -24,15 +38,17 @@ def configure(log_format: str = "console", level: str = "info") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),
         cache_logger_on_first_use=False,
     )
 
 
-def ensure_configured() -> None:
-    """Configure stderr logging unless the application already configured structlog.
+def ensure_configured(level: str = "info") -> None:
+    """Configure stderr logging at ``level`` unless the application already configured
+    structlog (the CLI does, at its ``--log-level``).
 
-    structlog's default prints to stdout, which would corrupt JSONL output.
+    structlog's default prints to stdout, which would corrupt JSONL output. The Python API
+    asks for warnings only: a library call should not chatter on stderr.
     """
     if not structlog.is_configured():
-        configure()
+        configure(level=level)

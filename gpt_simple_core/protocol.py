@@ -19,6 +19,7 @@ Backends register through the ``gpt_simple_register_backends`` hook
 from __future__ import annotations
 
 import importlib.util
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -66,31 +67,148 @@ class Tokenizer(Protocol):
     def __len__(self) -> int: ...
 
 
+#: The plugin API this core provides. A plugin module declares the version it was written for
+#: as ``GPT_SIMPLE_PLUGIN_API = 1``; the registry refuses (and ``gpt-simple backends`` reports)
+#: a plugin written for another one. Raised only for changes that break existing plugins.
+PLUGIN_API = 1
+
+_DEVICE = re.compile(r"^(?P<kind>[a-z][a-z0-9_]*)(?::(?P<index>\d+))?$")
+_DTYPE = re.compile(r"^[a-z0-9][a-z0-9_.+-]*$")
+
+#: Aliases the core normalises; any other well-formed name passes through to the backends,
+#: which declare what they run (a plugin may add ``q4_k_m``, say).
+DTYPE_ALIASES = {
+    "fp32": "fp32",
+    "float32": "fp32",
+    "f32": "fp32",
+    "fp16": "fp16",
+    "float16": "fp16",
+    "half": "fp16",
+    "bf16": "bf16",
+    "bfloat16": "bf16",
+    "auto": AUTO,
+}
+#: Bytes per parameter of the dtypes the core knows, for the plan's memory estimate.
+DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+
+
+def normalize_dtype(value: str) -> str:
+    """Canonical name of a dtype: aliases folded (``bfloat16`` -> ``bf16``), anything else
+    lower-cased. Raises ``ValueError`` only for a malformed name; whether a backend runs it is
+    the backend's declaration (checked at pre-flight)."""
+    name = value.strip().lower()
+    if name in DTYPE_ALIASES:
+        return DTYPE_ALIASES[name]
+    if not _DTYPE.match(name):
+        raise ValueError(
+            f"malformed dtype {value!r} (fp32, fp16, bf16, auto, or a name a backend declares)"
+        )
+    return name
+
+
+class Device(str):
+    """A device as the core parsed it, once: ``kind`` and ``index`` (``cuda:1`` -> ``cuda``, 1).
+
+    A ``str`` (``Device("cuda:1") == "cuda:1"``), so it passes to runtimes as it is. The kind
+    is open: the core checks the syntax, backends declare the kinds they run (``cpu``,
+    ``cuda``, ``mps``, or a plugin's own such as ``vulkan``).
+    """
+
+    def __new__(cls, value: str) -> Device:
+        text = value.strip().lower()
+        if not _DEVICE.match(text):
+            raise ValueError(
+                f"malformed device {value!r} (auto, or KIND[:N] such as cpu, cuda, cuda:1, mps)"
+            )
+        return super().__new__(cls, text)
+
+    @property
+    def kind(self) -> str:
+        return self.partition(":")[0]
+
+    @property
+    def index(self) -> int | None:
+        _, _, index = self.partition(":")
+        return int(index) if index else None
+
+    @property
+    def is_auto(self) -> bool:
+        return self.kind == AUTO
+
+
+AUTO_DEVICE = Device(AUTO)
+
+
+def _device(value: str | Device) -> Device:
+    return value if isinstance(value, Device) else Device(value)
+
+
 @attrs.frozen
 class LoadRequest:
     """How to load a checkpoint: what the record, the config and the CLI asked for.
 
-    ``dtype`` is a normalised name (``fp32``, ``fp16``, ``bf16``) or ``auto``; ``device`` is
-    ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto``. ``options`` carries backend-specific
-    settings from the command line or config (for example ``context_overflow``).
+    ``dtype`` is a normalised name (:func:`normalize_dtype`) or ``auto``; ``device`` a
+    :class:`Device` (``auto`` until :meth:`Backend.resolve`). ``context_overflow`` is the
+    policy asked for, ``None`` for the backend's default. ``options`` is an instance of the
+    backend's :attr:`Backend.Options` (``None`` for a backend without options), validated by
+    the core from ``[backend.NAME]`` config tables and the record's ``model.options``.
     """
 
-    dtype: str = "auto"
-    device: str = "auto"
+    dtype: str = AUTO
+    device: Device = attrs.field(default=AUTO_DEVICE, converter=_device)
     threads: int | None = None
-    options: Mapping[str, Any] = attrs.field(factory=dict)
+    context_overflow: str | None = None
+    options: Any = None
+
+
+@attrs.frozen
+class PreflightProblem:
+    """Why a request cannot run, and which input field says so (for ``file:line: field:``)."""
+
+    message: str
+    field: str = "model.backend"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _problems(values: Any) -> tuple[PreflightProblem, ...]:
+    return tuple(v if isinstance(v, PreflightProblem) else PreflightProblem(v) for v in values)
 
 
 @attrs.frozen
 class Preflight:
     """The outcome of a cheap check of a request against a checkpoint.
 
-    ``problems`` make the request impossible: each says why and what would work instead.
-    ``warnings`` are shown in the plan and do not stop the run.
+    ``problems`` make the request impossible: each says why and what would work instead (a
+    plain string is a problem of ``model.backend``; a :class:`PreflightProblem` names its
+    field). ``warnings`` are shown in the plan and on stderr of a real run, and do not stop it;
+    ``notes`` are facts worth a line in the plan (an export found in a cache), logged at info.
     """
 
-    problems: tuple[str, ...] = ()
-    warnings: tuple[str, ...] = ()
+    problems: tuple[PreflightProblem, ...] = attrs.field(default=(), converter=_problems)
+    warnings: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    notes: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+
+    def __add__(self, other: Preflight) -> Preflight:
+        return Preflight(
+            self.problems + other.problems,
+            self.warnings + other.warnings,
+            self.notes + other.notes,
+        )
+
+
+@attrs.frozen
+class Format:
+    """A checkpoint format a plugin claims (``gpt_simple_register_formats``).
+
+    ``install_hint`` is what to tell a user who has a checkpoint of this format but no backend
+    that runs it (e.g. ``pip install 'gpt-simple-inference[torch]'``).
+    """
+
+    name: str
+    description: str
+    install_hint: str | None = None
 
 
 class LoadedModel(ABC):
@@ -182,16 +300,27 @@ class LoadedModel(ABC):
 class Backend(ABC):
     """A runtime that can load checkpoints. Subclass it and register an instance.
 
-    Class attributes describe capabilities; they are shown by ``gpt-simple backends`` and used
-    to choose a backend per record:
+    Class attributes declare what it runs; ``gpt-simple backends`` shows them, and the core
+    checks every request against them before the backend sees it (:meth:`preflight` adds only
+    what is specific to the backend):
 
     * ``name``: what records and ``--backend`` call it;
     * ``formats``: checkpoint format -> :data:`AUTO` (chosen automatically for that format) or
       :data:`EXPLICIT` (used only when named);
     * ``priority``: among installed backends with :data:`AUTO` for a format, the highest wins;
-    * ``dtypes`` and ``devices``: what :meth:`load` accepts (besides ``auto``);
-    * ``requires``: import names the backend needs; they are looked up, never imported, when
-      planning.
+    * ``dtypes`` and ``devices``: the dtypes and device kinds :meth:`load` accepts (besides
+      ``auto``); any name (``q4_k_m``, ``vulkan``) is the backend's to declare;
+    * ``context_overflow``: the policies it can apply past the model's context, its default
+      first. A backend whose architecture fixes one (``(OVERFLOW_WINDOW,)``) gets a warning,
+      not a problem, when a user asks for another;
+    * ``Options``: an attrs class of the backend's own settings (``n_gpu_layers: int = 0``),
+      filled from ``[backend.NAME]`` config tables and each record's ``model.options``,
+      validated at plan time like every other field; ``None``: the backend takes none;
+    * ``requires``: import names the backend needs; looked up, never imported, when planning;
+    * ``extra``: the extra of the backend's distribution that installs ``requires`` (the hint
+      for a missing dependency says ``pip install 'DIST[EXTRA]'``);
+    * ``refusals``: explanations the core appends when it refuses a value, keyed
+      ``"dtype"``/``"device"`` or ``"dtype:bf16"`` for one value.
     """
 
     name: ClassVar[str]
@@ -199,37 +328,27 @@ class Backend(ABC):
     priority: ClassVar[int] = 0
     dtypes: ClassVar[tuple[str, ...]] = ("fp32",)
     devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    context_overflow: ClassVar[tuple[str, ...]] = (OVERFLOW_EXTRAPOLATE,)
+    Options: ClassVar[type | None] = None
     requires: ClassVar[tuple[str, ...]] = ()
+    extra: ClassVar[str | None] = None
+    refusals: ClassVar[Mapping[str, str]] = {}
 
     def missing_dependencies(self) -> list[str]:
         """Import names from ``requires`` that are not installed (nothing is imported)."""
         return [name for name in self.requires if importlib.util.find_spec(name) is None]
 
     def preflight(self, checkpoint: CheckpointInfo, request: LoadRequest) -> Preflight:
-        """Check ``request`` against ``checkpoint`` without loading or importing anything heavy.
+        """Backend-specific checks of ``request`` against ``checkpoint``, without loading or
+        importing anything heavy (a dry-run calls it).
 
-        The default checks the dtype and device lists and the dependencies; override to add
-        format-specific checks (call ``super().preflight`` first).
+        The core has already checked the dependencies, the dtype, device kind, overflow
+        policy and options against the declarations above; it calls this before every
+        :meth:`load`, again with the resolved request when :meth:`resolve` changed it. Add
+        what only this backend knows (a combination it refuses, a cache to build). The
+        default finds nothing.
         """
-        problems = []
-        missing = self.missing_dependencies()
-        if missing:
-            problems.append(
-                f"backend {self.name!r} needs {', '.join(missing)}, which is not installed "
-                f"(pip install 'gpt-simple-inference[{self.name}]')"
-            )
-        if request.dtype != "auto" and request.dtype not in self.dtypes:
-            problems.append(
-                f"backend {self.name!r} cannot run dtype {request.dtype} "
-                f"(it runs {', '.join(self.dtypes)})"
-            )
-        device_kind = request.device.split(":", 1)[0]
-        if request.device != "auto" and device_kind not in self.devices:
-            problems.append(
-                f"backend {self.name!r} cannot run on {request.device} "
-                f"(it runs on {', '.join(self.devices)})"
-            )
-        return Preflight(problems=tuple(problems))
+        return Preflight()
 
     def resolve(self, request: LoadRequest) -> LoadRequest:
         """Resolve ``auto`` dtype and device, as :meth:`load` would.
@@ -241,12 +360,20 @@ class Backend(ABC):
 
     @abstractmethod
     def load(self, checkpoint: CheckpointInfo, request: LoadRequest) -> LoadedModel:
-        """Load ``checkpoint`` as ``request`` says and return it ready to generate."""
+        """Load ``checkpoint`` as ``request`` says and return it ready to generate. The
+        request has passed pre-flight (the core's checks and :meth:`preflight`)."""
 
     def adopt(self, model: Any, tokenizer: Any) -> LoadedModel | None:
         """Wrap an object this backend's :meth:`LoadedModel.public_model` returned (so
         ``gpt_simple.generate(model, tokenizer, ...)`` accepts it); ``None`` if not ours."""
         return None
+
+    def weight_bytes(self, checkpoint: CheckpointInfo, dtype: str) -> int | None:
+        """Estimated bytes of the weights in memory, for the plan (``None``: unknown)."""
+        per_param = DTYPE_BYTES.get(dtype if dtype != AUTO else "fp32")
+        if checkpoint.param_count is None or per_param is None:
+            return None
+        return checkpoint.param_count * per_param
 
     def describe_runtime(self) -> dict[str, Any]:
         """Extra facts for ``gpt-simple backends`` (e.g. execution providers). Called only
@@ -267,12 +394,14 @@ class Exporter(ABC):
     """Writes a checkpoint in another format (``gpt-simple export CHECKPOINT --format NAME``).
 
     ``name`` is the ``--format`` value; ``formats`` the source checkpoint formats it reads;
-    ``requires`` the import names it needs (checked before exporting).
+    ``requires`` the import names it needs (checked before exporting) and ``extra`` the extra
+    of its distribution that installs them.
     """
 
     name: ClassVar[str]
     formats: ClassVar[tuple[str, ...]]
     requires: ClassVar[tuple[str, ...]] = ()
+    extra: ClassVar[str | None] = None
 
     def missing_dependencies(self) -> list[str]:
         return [name for name in self.requires if importlib.util.find_spec(name) is None]

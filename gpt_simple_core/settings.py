@@ -2,8 +2,10 @@
 
 A config file is ``--config FILE``, else ``gpt-simple.toml`` in the working directory, else the
 ``[tool.gpt-simple]`` table of ``pyproject.toml`` there. It holds the run options below at the
-top level and the same ``[model]`` and ``[generation]`` tables as a record. A ``seed`` outside a
-record is a *run seed*: each record's seed is derived from it and the record's position.
+top level, the same ``[model]`` and ``[generation]`` tables as a record, and ``[backend.NAME]``
+tables of each backend's own options (validated against that backend's schema by the
+session). A ``seed`` outside a record is a *run seed*: each record's seed is derived from it and
+the record's position.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from typing import Any
 import attrs
 
 from gpt_simple_core.errors import ConfigError
+from gpt_simple_core.protocol import Device
 from gpt_simple_core.records.converter import structure_block
 from gpt_simple_core.records.parse import parse_generation, parse_model
 from gpt_simple_core.records.problems import Problem
-from gpt_simple_core.records.schema import GenerationSpec, ModelSpec, stack
+from gpt_simple_core.records.schema import GenerationSpec, ModelSpec, Options, stack
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -31,11 +34,9 @@ CONTEXT_OVERFLOW = ("extrapolate", "truncate")
 
 
 def _device(instance: Any, attribute: attrs.Attribute, value: str | None) -> None:
-    if value is None:
-        return
-    kind, _, index = value.partition(":")
-    if kind not in ("auto", "cpu", "cuda", "mps") or (index and not index.isdigit()):
-        raise ValueError(f"must be auto, cpu, cuda, cuda:N or mps, got {value!r}")
+    """The syntax only: which device kinds exist is for the backends to declare."""
+    if value is not None:
+        Device(value)
 
 
 def _positive(instance: Any, attribute: attrs.Attribute, value: int | None) -> None:
@@ -66,14 +67,20 @@ class Settings:
     run: RunOptions = attrs.field(factory=RunOptions)
     model: ModelSpec = attrs.field(factory=ModelSpec)
     generation: GenerationSpec = attrs.field(factory=GenerationSpec)
+    #: backend name -> its options from ``[backend.NAME]`` (not yet checked against a schema)
+    backend_options: dict[str, Options] = attrs.field(factory=dict)
     source: str | None = None
 
     def over(self, lower: Settings) -> Settings:
         """This layer stacked on ``lower`` (this one wins where it says something)."""
+        options = dict(lower.backend_options)
+        for name, mine in self.backend_options.items():
+            options[name] = mine.over(options.get(name))
         return Settings(
             run=stack(lower.run, self.run),
             model=stack(lower.model, self.model),
             generation=stack(lower.generation, self.generation),
+            backend_options=options,
             source=self.source or lower.source,
         )
 
@@ -108,8 +115,10 @@ def settings_from_mapping(data: Any, source: str) -> tuple[Settings, list[Proble
     problems: list[Problem] = []
     model = ModelSpec()
     generation = GenerationSpec()
-    top = {k: v for k, v in data.items() if k not in ("model", "generation")}
+    top = {k: v for k, v in data.items() if k not in ("model", "generation", "backend")}
     run, found = structure_block(top, RunOptions, "", None)
+    problems += found
+    backend_options, found = _backend_tables(data.get("backend", {}), source)
     problems += found
     if "model" in data:
         parsed, found = parse_model(data["model"])
@@ -126,8 +135,28 @@ def settings_from_mapping(data: Any, source: str) -> tuple[Settings, list[Proble
             if dtype is not None:
                 model = attrs.evolve(model, dtype=model.dtype or dtype)
             generation = attrs.evolve(parsed_gen, dtype=None)
-    settings = Settings(run=run or RunOptions(), model=model, generation=generation, source=source)
+    settings = Settings(
+        run=run or RunOptions(),
+        model=model,
+        generation=generation,
+        backend_options=backend_options,
+        source=source,
+    )
     return settings, problems
+
+
+def _backend_tables(raw: Any, source: str) -> tuple[dict[str, Options], list[Problem]]:
+    """``[backend.NAME]`` tables: one table of options per backend name."""
+    if not isinstance(raw, dict):
+        return {}, [Problem(None, "backend", "must be a table of [backend.NAME] tables")]
+    tables: dict[str, Options] = {}
+    problems = []
+    for name, values in raw.items():
+        if isinstance(values, dict):
+            tables[name] = Options.of(values, source)
+        else:
+            problems.append(Problem(None, f"backend.{name}", "must be a table of options"))
+    return tables, problems
 
 
 def load_config(explicit: Path | None, cwd: Path) -> Settings:

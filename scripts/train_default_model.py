@@ -45,9 +45,9 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from gpt_simple_core.checkpoints import gpt_simple_layout
-from gpt_simple_core.checkpoints.model_config import ModelConfig
 from gpt_simple_core.protocol import LoadRequest
+from gpt_simple_lm_format import layout as gpt_simple_layout
+from gpt_simple_lm_format.config import ModelConfig
 from gpt_simple_torch.model import GPT
 from gpt_simple_torch.plugin import TorchBackend
 

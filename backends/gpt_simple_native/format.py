@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import attrs
 
-from gpt_simple_core.errors import CheckpointError
+from gpt_simple.plugins import CheckpointError
 
 if TYPE_CHECKING:
     import numpy as np

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import attrs
 
-from gpt_simple_core.checkpoints.gpt_simple_layout import is_checkpoint_dir, is_run_dir
-from gpt_simple_core.errors import CheckpointError, TokenizerError
+from gpt_simple.plugins import CheckpointError, TokenizerError
+from gpt_simple_lm_format.layout import is_checkpoint_dir, is_run_dir
 from gpt_simple_native.format import HEADER, MAX_DIM, MAX_VOCAB
 
 DOCS_CHECKPOINT = "gpt_checkpoint.bin"

@@ -10,18 +10,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import attrs
-
-from gpt_simple_core.checkpoints.info import CheckpointInfo
-from gpt_simple_core.errors import CheckpointError
-from gpt_simple_core.hookspecs import hookimpl
-from gpt_simple_core.protocol import (
+from gpt_simple.plugins import (
     AUTO,
     OVERFLOW_WINDOW,
     Backend,
+    CheckpointError,
+    CheckpointInfo,
+    Format,
     LoadedModel,
     LoadRequest,
     Preflight,
+    hookimpl,
 )
 from gpt_simple_native.format import HipGPTDims, read_header, read_weights
 from gpt_simple_native.layout import find_tokenizer, locate
@@ -31,6 +30,8 @@ if TYPE_CHECKING:
     import numpy as np
 
     from gpt_simple_native.model import HipGPTModel
+
+GPT_SIMPLE_PLUGIN_API = 1
 
 FORMAT = "hipgpt"
 
@@ -95,6 +96,7 @@ class NativeModel(LoadedModel):
         """Append ``tokens[i]`` to row ``rows[i]``; return float32 logits [len(rows), V] at S-1."""
         import numpy as np
 
+        self.check_forward_arguments(rows, tokens)
         S = self.context_length
         windows = np.zeros((len(rows), S), dtype=np.int64)  # left padding is id 0, as in HipGPT
         for i, (row, new) in enumerate(zip(rows, tokens, strict=True)):
@@ -126,33 +128,18 @@ class NativeBackend(Backend):
     formats = {FORMAT: AUTO}
     dtypes = ("fp32",)
     devices = ("cpu",)
+    context_overflow = (OVERFLOW_WINDOW,)
     requires = ("numpy",)
+    refusals = {
+        "dtype": "HipGPT checkpoints are float32, and reproducing HipGPT's outputs exactly "
+        "needs float32 math (use dtype fp32 or auto)",
+        "device": "it is a numpy implementation for the CPU (use device cpu or auto)",
+    }
 
     def preflight(self, checkpoint: CheckpointInfo, request: LoadRequest) -> Preflight:
-        # The base class checks dependencies; dtype and device get messages specific to HipGPT.
-        base = super().preflight(checkpoint, attrs.evolve(request, dtype=AUTO, device=AUTO))
-        problems = list(base.problems)
-        warnings = list(base.warnings)
         if checkpoint.format != FORMAT:
-            problems.append(f"backend 'native' runs HipGPT checkpoints, not {checkpoint.format}")
-        if request.dtype not in (AUTO, "fp32"):
-            problems.append(
-                f"backend 'native' cannot run dtype {request.dtype}: HipGPT checkpoints are "
-                "float32 and reproducing HipGPT's outputs exactly needs float32 math "
-                "(use dtype fp32 or auto)"
-            )
-        if request.device != AUTO and request.device.split(":", 1)[0] != "cpu":
-            problems.append(
-                f"backend 'native' cannot run on {request.device}: it is a numpy implementation "
-                "for the CPU (use device cpu or auto)"
-            )
-        overflow = request.options.get("context_overflow")
-        if overflow not in (None, OVERFLOW_WINDOW):
-            warnings.append(
-                f"context_overflow={overflow} is ignored: a HipGPT model always reads the last "
-                f"{checkpoint.context_length} tokens, left-padded with id 0"
-            )
-        return Preflight(problems=tuple(problems), warnings=tuple(warnings))
+            return Preflight([f"backend 'native' runs HipGPT checkpoints, not {checkpoint.format}"])
+        return Preflight()
 
     def load(self, checkpoint: CheckpointInfo, request: LoadRequest) -> NativeModel:
         from gpt_simple_native.model import HipGPTModel
@@ -163,6 +150,13 @@ class NativeBackend(Backend):
         weights = read_weights(checkpoint.weights)
         check_tokenizer_fits(tokenizer, weights.dims, checkpoint.weights)
         return NativeModel(HipGPTModel(weights), tokenizer)
+
+
+@hookimpl
+def gpt_simple_register_formats(register: Callable[[Format], None]) -> None:
+    register(
+        Format(FORMAT, "HipGPT gpt_checkpoint.bin files (with tokenizer.json), and run folders")
+    )
 
 
 @hookimpl

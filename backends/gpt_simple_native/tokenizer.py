@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from gpt_simple_core.errors import TokenizerError
+from gpt_simple.plugins import TokenizerError
 
 END_OF_WORD = "</w>"
 # C++ `istream >> word` in the C locale splits on exactly these six characters; Python's

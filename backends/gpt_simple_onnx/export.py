@@ -1,8 +1,9 @@
 """gpt-simple checkpoint -> ONNX export folder (see :mod:`gpt_simple_onnx.layout`).
 
-The graph is traced from :meth:`gpt_simple_torch.model.GPT.forward_past`, the PyTorch backend's
-own model with its past keys and values passed in and out, so there is exactly one copy of the
-model math. :class:`DecoderWithPast` only flattens that signature into named tensors.
+The graph is traced from :meth:`gpt_simple_torch.shared.GPT.forward_past`: the PyTorch
+backend's own model (its declared shared module), with its past keys and values passed in and
+out, so there is exactly one copy of the model math. :class:`DecoderWithPast` only flattens
+that signature into named tensors.
 
 Export recipe (``shared/notes/cpu-and-onnx-facts.md``): the dynamo exporter
 (``torch.onnx.export(..., dynamo=True)``, which needs onnxscript), opset 18 or later, example
@@ -31,15 +32,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from gpt_simple_core.checkpoints.hf_tokenizer import HFTokenizer
-from gpt_simple_core.checkpoints.info import CheckpointInfo
-from gpt_simple_core.checkpoints.model_config import ModelConfig
-from gpt_simple_core.errors import CheckpointError
-from gpt_simple_core.protocol import ExportOptions
+from gpt_simple.plugins import CheckpointError, CheckpointInfo, ExportOptions
+from gpt_simple_lm_format.config import ModelConfig
+from gpt_simple_lm_format.tokenizer import HFTokenizer
 from gpt_simple_onnx import layout
 from gpt_simple_onnx.versions import tool_versions
-from gpt_simple_torch.loading import load_model
-from gpt_simple_torch.model import GPT
+from gpt_simple_torch.shared import GPT, load_model
 
 #: Above this many bytes of weights the graph keeps them in ``model.onnx.data`` (a protobuf
 #: file cannot exceed 2 GiB; below the threshold one file is simpler to move around).

@@ -29,12 +29,10 @@ from typing import Any
 
 import attrs
 
-from gpt_simple_core.checkpoints.gpt_simple_layout import check_tokenizer
-from gpt_simple_core.checkpoints.hf_tokenizer import check_tokenizer_folder
-from gpt_simple_core.checkpoints.info import CheckpointInfo
-from gpt_simple_core.checkpoints.model_config import ModelConfig
-from gpt_simple_core.errors import CheckpointError
-from gpt_simple_core.protocol import ExportOptions
+from gpt_simple.plugins import CheckpointError, CheckpointInfo, ExportOptions
+from gpt_simple_lm_format.config import ModelConfig
+from gpt_simple_lm_format.layout import check_tokenizer
+from gpt_simple_lm_format.tokenizer import check_tokenizer_folder
 
 #: The checkpoint format name backends declare (``formats = {"onnx": ...}``).
 FORMAT = "onnx"

@@ -20,31 +20,41 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import attrs
 import structlog
 
-from gpt_simple_core.checkpoints.gpt_simple_layout import FORMAT as GPT_SIMPLE_FORMAT
-from gpt_simple_core.checkpoints.info import CheckpointInfo
-from gpt_simple_core.errors import BackendError, CheckpointError, ConfigError
-from gpt_simple_core.hookspecs import hookimpl
-from gpt_simple_core.protocol import (
+from gpt_simple.plugins import (
     AUTO,
     EXPLICIT,
     OVERFLOW_EXTRAPOLATE,
     Backend,
+    BackendError,
+    CheckpointError,
+    CheckpointInfo,
+    ConfigError,
+    Device,
     Exporter,
     ExportOptions,
+    Format,
     LoadRequest,
     Preflight,
+    PreflightProblem,
+    hookimpl,
+    install_command,
 )
+from gpt_simple_lm_format.layout import FORMAT as GPT_SIMPLE_FORMAT
 from gpt_simple_onnx import layout, runtime
 from gpt_simple_onnx.cache import CacheKey, ONNXCache, key_for
 
 if TYPE_CHECKING:
     from gpt_simple_onnx.runner import OnnxModel
 
+GPT_SIMPLE_PLUGIN_API = 1
+#: gpt-simple checkpoints, which this backend runs through an export.
+GPT_SIMPLE_PLUGIN_REQUIRES = ("gpt-simple-lm",)
+
 log = structlog.get_logger(__name__)
 
 EXPORT_REQUIRES = ("torch", "safetensors", "onnx", "onnxscript")
-INSTALL_RUNTIME = "pip install 'gpt-simple-inference[onnx]'"
-INSTALL_EXPORT = "pip install 'gpt-simple-inference[export]'"
+INSTALL_RUNTIME = install_command("gpt-simple-inference", "onnx")
+INSTALL_EXPORT = install_command("gpt-simple-inference", "export")
 FP16_ON_CPU = (
     "fp16 on the CPU: ONNX Runtime runs it, but most CPU kernels convert to fp32 and back, so "
     "it is slower than fp32 and no more exact; fp16 is meant for --device cuda"
@@ -61,7 +71,7 @@ def export_dtype(request: LoadRequest) -> str:
     the CPU."""
     if request.dtype != AUTO:
         return request.dtype
-    return "fp16" if request.device.split(":", 1)[0] == "cuda" else "fp32"
+    return "fp16" if request.device.kind == "cuda" else "fp32"
 
 
 class OnnxBackend(Backend):
@@ -72,7 +82,17 @@ class OnnxBackend(Backend):
     priority: ClassVar[int] = 100
     dtypes: ClassVar[tuple[str, ...]] = layout.DTYPES
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    context_overflow: ClassVar[tuple[str, ...]] = (OVERFLOW_EXTRAPOLATE,)
     requires: ClassVar[tuple[str, ...]] = ("onnxruntime",)
+    extra: ClassVar[str | None] = "onnx"
+    refusals: ClassVar[Mapping[str, str]] = {
+        "dtype:bf16": "ONNX Runtime has no bf16 kernels on the CPU: use --dtype fp32 with "
+        "backend onnx (fp16 on cuda), or --backend torch for bf16",
+        "device": "ONNX Runtime runs on cpu, and on cuda with onnxruntime-gpu "
+        "(--backend torch runs on more devices)",
+        "context_overflow": "past the context it extrapolates (RoPE keeps counting); the "
+        "torch backend can truncate",
+    }
 
     def __init__(self, cache: ONNXCache | None = None) -> None:
         self._cache = cache
@@ -84,24 +104,16 @@ class OnnxBackend(Backend):
 
     # Planning --------------------------------------------------------------------------------
     def preflight(self, checkpoint: CheckpointInfo, request: LoadRequest) -> Preflight:
-        problems: list[str] = []
+        """What the declarations cannot say: CUDA needs onnxruntime-gpu, an export folder runs
+        only in its own dtype, a gpt-simple checkpoint needs an export (cached, or the export
+        extra to make one)."""
+        problems: list[PreflightProblem | str] = []
         warnings: list[str] = []
-        if self.missing_dependencies():
-            problems.append(
-                f"backend 'onnx' needs onnxruntime, which is not installed ({INSTALL_RUNTIME}; "
-                f"'[onnx-gpu]' instead for CUDA)"
-            )
+        notes: list[str] = []
         conflict = runtime.package_conflict()
         if conflict:
             warnings.append(conflict)
         problems += self._device_problems(request.device)
-        problems += self._dtype_problems(request.dtype)
-        overflow = request.options.get("context_overflow")
-        if overflow not in (None, OVERFLOW_EXTRAPOLATE):
-            problems.append(
-                f"backend 'onnx' cannot do context_overflow {overflow}: past the context it "
-                f"extrapolates (RoPE keeps counting); the torch backend can truncate"
-            )
         if checkpoint.format == layout.FORMAT:
             problems += self._folder_problems(checkpoint, request)
             dtype = checkpoint.details.get("dtype")
@@ -109,7 +121,7 @@ class OnnxBackend(Backend):
             dtype = export_dtype(request)
             if not problems:  # hashing the weights is only worth it for a runnable request
                 found, message = self._cache_status(checkpoint, dtype)
-                warnings.append(message)
+                notes.append(message)
                 missing = export_missing()
                 if found is None and missing:
                     problems.append(
@@ -122,45 +134,37 @@ class OnnxBackend(Backend):
                 f"not {checkpoint.format}"
             )
             dtype = None
-        if dtype == "fp16" and request.device.split(":", 1)[0] in ("cpu", AUTO):
+        if dtype == "fp16" and request.device.kind in ("cpu", AUTO):
             warnings.append(FP16_ON_CPU)
-        return Preflight(problems=tuple(problems), warnings=tuple(warnings))
+        return Preflight(problems, warnings, notes)
 
-    def _device_problems(self, device: str) -> list[str]:
-        kind = device.split(":", 1)[0]
-        if device == AUTO or kind == "cpu":
-            return []
-        if kind != "cuda":
-            return [
-                f"backend 'onnx' cannot run on {device}: it runs on cpu, and on cuda with "
-                f"onnxruntime-gpu (--backend torch runs on {kind})"
-            ]
-        if not runtime.gpu_package_installed():
-            return [
-                f"device {device} with backend 'onnx' needs onnxruntime-gpu, which is not "
-                f"installed (pip install 'gpt-simple-inference[onnx-gpu]' into an environment "
-                f"without onnxruntime); or use --device cpu, or --backend torch on {device}"
-            ]
-        return []
-
-    def _dtype_problems(self, dtype: str) -> list[str]:
-        if dtype == "bf16":
-            return [
-                "backend 'onnx' cannot run bf16 (ONNX Runtime has no bf16 kernels on the CPU): "
-                "use --dtype fp32 with backend onnx (fp16 on cuda), or --backend torch for bf16"
-            ]
-        if dtype not in (AUTO, *self.dtypes):
-            return [f"backend 'onnx' cannot run dtype {dtype} (it runs fp32 and fp16)"]
-        return []
-
-    def _folder_problems(self, checkpoint: CheckpointInfo, request: LoadRequest) -> list[str]:
-        exported = checkpoint.details.get("dtype")
-        if request.dtype in (AUTO, exported) or request.dtype == "bf16":
+    def _device_problems(self, device: Device) -> list[PreflightProblem]:
+        if device.kind != "cuda" or runtime.gpu_package_installed():
             return []
         return [
-            f"{checkpoint.path} is an {exported} export and runs only as exported (dtype auto "
-            f"or {exported}); for {request.dtype}, export again with --dtype {request.dtype} or "
-            f"run the gpt-simple checkpoint with --backend onnx --dtype {request.dtype}"
+            PreflightProblem(
+                f"device {device} with backend 'onnx' needs onnxruntime-gpu, which is not "
+                f"installed ({install_command('gpt-simple-inference', 'onnx-gpu')} into an "
+                f"environment without onnxruntime); or use --device cpu, or --backend torch "
+                f"on {device}",
+                "--device",
+            )
+        ]
+
+    def _folder_problems(
+        self, checkpoint: CheckpointInfo, request: LoadRequest
+    ) -> list[PreflightProblem]:
+        exported = checkpoint.details.get("dtype")
+        if request.dtype in (AUTO, exported):
+            return []
+        return [
+            PreflightProblem(
+                f"{checkpoint.path} is an {exported} export and runs only as exported (dtype "
+                f"auto or {exported}); for {request.dtype}, export again with --dtype "
+                f"{request.dtype} or run the gpt-simple checkpoint with --backend onnx --dtype "
+                f"{request.dtype}",
+                "model.dtype",
+            )
         ]
 
     def _key(self, checkpoint: CheckpointInfo, dtype: str) -> CacheKey:
@@ -173,37 +177,29 @@ class OnnxBackend(Backend):
         try:
             key = self._key(checkpoint, dtype)
         except OSError as exc:
-            return None, f"export needed (cannot hash the weights: {exc})"
+            return None, f"ONNX export: the run exports first (cannot hash the weights: {exc})"
         found = self.cache.find(key, any_versions=bool(export_missing()))
         if found is not None:
-            return found, f"cached ({found})"
-        return None, f"export needed (cache: {self.cache.entry(key)})"
+            return found, f"ONNX export: cached ({found})"
+        return None, (
+            f"ONNX export: none cached yet, the run exports this checkpoint first "
+            f"(into {self.cache.entry(key)})"
+        )
 
     # Loading ---------------------------------------------------------------------------------
     def resolve(self, request: LoadRequest) -> LoadRequest:
         """``auto`` device is the CPU (CUDA only when asked). ``auto`` dtype stays: an export
         folder runs in its own dtype, a gpt-simple checkpoint is exported per
         :func:`export_dtype`."""
-        return attrs.evolve(request, device="cpu") if request.device == AUTO else request
+        return attrs.evolve(request, device="cpu") if request.device.is_auto else request
 
     def load(self, checkpoint: CheckpointInfo, request: LoadRequest) -> OnnxModel:
-        problems = self.preflight_for_load(checkpoint, request)
-        if problems:
-            raise BackendError("; ".join(problems))
         request = self.resolve(request)
         if checkpoint.format == GPT_SIMPLE_FORMAT:
             folder, origin = self.cached_export(checkpoint, export_dtype(request))
         else:
             folder, origin = checkpoint.path, None
         return self.open(folder, checkpoint, request, origin)
-
-    def preflight_for_load(self, checkpoint: CheckpointInfo, request: LoadRequest) -> list[str]:
-        """The pre-flight problems that still apply at load time (the API loads without a
-        plan), minus the cache check that :meth:`load` does itself."""
-        problems = self._device_problems(request.device) + self._dtype_problems(request.dtype)
-        if checkpoint.format == layout.FORMAT:
-            problems += self._folder_problems(checkpoint, request)
-        return problems
 
     def cached_export(self, checkpoint: CheckpointInfo, dtype: str) -> tuple[Path, str]:
         """The cache entry of ``checkpoint`` in ``dtype``, exported now if missing:
@@ -248,8 +244,8 @@ class OnnxBackend(Backend):
     ) -> OnnxModel:
         """Start an ONNX Runtime session on the export in ``folder``; the tokenizer is
         ``checkpoint``'s (the user's override included)."""
-        from gpt_simple_core.checkpoints.hf_tokenizer import HFTokenizer
-        from gpt_simple_core.checkpoints.model_config import ModelConfig
+        from gpt_simple_lm_format.config import ModelConfig
+        from gpt_simple_lm_format.tokenizer import HFTokenizer
         from gpt_simple_onnx.runner import OnnxModel
 
         manifest = layout.read_manifest(folder)
@@ -286,6 +282,7 @@ class OnnxExporter(Exporter):
     name: ClassVar[str] = "onnx"
     formats: ClassVar[tuple[str, ...]] = (GPT_SIMPLE_FORMAT,)
     requires: ClassVar[tuple[str, ...]] = EXPORT_REQUIRES
+    extra: ClassVar[str | None] = "export"
 
     def export(
         self, checkpoint: CheckpointInfo, out: Path, options: ExportOptions
@@ -312,6 +309,11 @@ def gpt_simple_register_backends(register: Callable[[Backend], None]) -> None:
 @hookimpl
 def gpt_simple_register_exporters(register: Callable[[Exporter], None]) -> None:
     register(OnnxExporter())
+
+
+@hookimpl
+def gpt_simple_register_formats(register: Callable[[Format], None]) -> None:
+    register(Format(layout.FORMAT, "ONNX export folders written by gpt-simple export"))
 
 
 @hookimpl

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gpt_simple_core.checkpoints.model_config import ModelConfig
-from gpt_simple_core.protocol import OVERFLOW_EXTRAPOLATE, LoadedModel, Tokenizer
+from gpt_simple.plugins import OVERFLOW_EXTRAPOLATE, LoadedModel, Tokenizer
+from gpt_simple_lm_format.config import ModelConfig
 from gpt_simple_onnx import layout
 
 if TYPE_CHECKING:

@@ -20,8 +20,7 @@ import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gpt_simple_core.cpus import usable_cpus
-from gpt_simple_core.errors import BackendError
+from gpt_simple.plugins import BackendError, Device, usable_cpus
 from gpt_simple_onnx.versions import GPU_DISTRIBUTION, ort_distributions
 
 if TYPE_CHECKING:
@@ -69,15 +68,6 @@ def describe() -> dict[str, Any]:
     return described
 
 
-def device_id(device: str) -> int:
-    """``cuda`` -> 0, ``cuda:N`` -> N."""
-    _, _, index = device.partition(":")
-    try:
-        return int(index) if index else 0
-    except ValueError:
-        raise BackendError(f"device {device!r}: expected cuda or cuda:N") from None
-
-
 def session_options(threads: int) -> onnxruntime.SessionOptions:
     import onnxruntime as ort
 
@@ -92,20 +82,21 @@ def session_options(threads: int) -> onnxruntime.SessionOptions:
 
 
 def create_session(
-    graph: Path, *, device: str, threads: int | None
+    graph: Path, *, device: str | Device, threads: int | None
 ) -> tuple[onnxruntime.InferenceSession, int]:
     """An inference session for ``graph`` on ``device`` (``cpu``, ``cuda``, ``cuda:N``) and the
     intra-op thread count it uses."""
     import onnxruntime as ort
 
+    device = Device(device)
     threads = threads or usable_cpus()
-    if device.split(":", 1)[0] == "cuda":
+    if device.kind == "cuda":
         if CUDA_PROVIDER not in ort.get_available_providers():
             raise BackendError(
                 f"device {device} needs onnxruntime-gpu, and this onnxruntime has only "
                 f"{', '.join(ort.get_available_providers())}"
             )
-        providers: list[Any] = [(CUDA_PROVIDER, {"device_id": device_id(device)}), CPU_PROVIDER]
+        providers: list[Any] = [(CUDA_PROVIDER, {"device_id": device.index or 0}), CPU_PROVIDER]
     else:
         providers = [CPU_PROVIDER]
     try:

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import torch
 
-from gpt_simple_core.checkpoints.gpt_simple_layout import (
+from gpt_simple.plugins import CheckpointError
+from gpt_simple_lm_format.config import ModelConfig
+from gpt_simple_lm_format.layout import (
     COMPILE_PREFIX,
     SAFETENSORS,
     describe_state_dict_mismatch,
 )
-from gpt_simple_core.checkpoints.model_config import ModelConfig
-from gpt_simple_core.errors import CheckpointError
 from gpt_simple_torch.model import GPT
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

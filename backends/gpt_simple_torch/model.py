@@ -9,7 +9,7 @@ A pre-norm, Llama-style decoder (see ``shared/specs/gpt-simple-checkpoints.md``)
 Attention applies rotary position embeddings (rotate-half convention, cos/sin laid out as
 ``[freqs, freqs]``) to queries and keys and supports grouped-query attention (``n_kv_head``
 key/value heads shared by ``n_head // n_kv_head`` query heads each). Every size comes from
-:class:`~gpt_simple_core.checkpoints.model_config.ModelConfig`.
+:class:`~gpt_simple_lm_format.config.ModelConfig`.
 
 Two ways to run it:
 
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gpt_simple_core.checkpoints.model_config import ModelConfig
+from gpt_simple_lm_format.config import ModelConfig
 
 ACTIVATIONS = {
     "swish": F.silu,

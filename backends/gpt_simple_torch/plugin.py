@@ -7,42 +7,54 @@ imported when a request is resolved or a model is loaded.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import platform
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 import structlog
 
-from gpt_simple_core.checkpoints.hf_tokenizer import HFTokenizer
-from gpt_simple_core.checkpoints.model_config import ModelConfig
-from gpt_simple_core.cpus import usable_cpus
-from gpt_simple_core.errors import BackendError, CheckpointError
-from gpt_simple_core.hookspecs import hookimpl
-from gpt_simple_core.protocol import (
+from gpt_simple.plugins import (
     AUTO,
     OVERFLOW_EXTRAPOLATE,
     OVERFLOW_TRUNCATE,
     Backend,
+    CheckpointError,
+    Device,
     LoadedModel,
     LoadRequest,
     Preflight,
+    PreflightProblem,
     Tokenizer,
+    hookimpl,
+    usable_cpus,
 )
+from gpt_simple_lm_format.config import ModelConfig
+from gpt_simple_lm_format.layout import FORMAT
+from gpt_simple_lm_format.tokenizer import HFTokenizer
 
 if TYPE_CHECKING:
     from types import ModuleType
 
     import numpy as np
 
-    from gpt_simple_core.checkpoints.info import CheckpointInfo
+    from gpt_simple.plugins import CheckpointInfo
     from gpt_simple_torch.model import GPT
+
+GPT_SIMPLE_PLUGIN_API = 1
+#: The format plugin that claims the checkpoints this backend runs.
+GPT_SIMPLE_PLUGIN_REQUIRES = ("gpt-simple-lm",)
 
 log = structlog.get_logger(__name__)
 
-OVERFLOW_OPTION = "context_overflow"
-OVERFLOW_CHOICES = (OVERFLOW_EXTRAPOLATE, OVERFLOW_TRUNCATE)
+#: Share of the free GPU memory the KV cache and activations may take (the rest: the
+#: allocator's fragmentation and whatever else runs on the GPU).
+GPU_MEMORY_SHARE = 0.8
 
 FP16_ON_CPU = (
     "fp16 on the CPU is refused by the torch backend: CPUs without native half-precision "
@@ -97,52 +109,99 @@ def default_threads() -> int:
     return max(1, min(asked, cpus))
 
 
-def _overflow_policy(options: Mapping[str, Any]) -> str:
-    """The ``context_overflow`` option (default ``extrapolate``), checked."""
-    return _checked_overflow(options.get(OVERFLOW_OPTION, OVERFLOW_EXTRAPOLATE))
+def torch_build() -> dict[str, str | None]:
+    """What the installed torch was built for (``cuda``, ``hip``, ``__version__``), read from
+    its ``version.py`` without importing torch; empty when torch is not installed."""
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    try:
+        text = (Path(next(iter(spec.submodule_search_locations))) / "version.py").read_text()
+    except OSError:
+        return {}
+    found: dict[str, str | None] = {}
+    for key in ("__version__", "cuda", "hip"):
+        match = re.search(rf"^{key}\b[^=]*=\s*(.+)$", text, re.MULTILINE)
+        value = match.group(1).strip().strip("'\"") if match else None
+        found[key] = None if value in (None, "None") else value
+    return found
 
 
-def _checked_overflow(value: Any) -> str:
-    if value not in OVERFLOW_CHOICES:
-        raise BackendError(
-            f"{OVERFLOW_OPTION} must be one of {', '.join(OVERFLOW_CHOICES)}, got {value!r}"
-        )
-    return value
+def _gpu_absent(build: Mapping[str, str | None]) -> str | None:
+    """Why torch cannot run on ``cuda`` here, when that is certain without importing it."""
+    if not build:
+        return None  # torch missing: the dependency check says so
+    if build.get("cuda") is None and build.get("hip") is None:
+        return f"the installed torch {build.get('__version__')} is a CPU-only build"
+    if "torch" in sys.modules:  # imported already (run time): ask it
+        torch = sys.modules["torch"]
+        if not torch.cuda.is_available():
+            return "torch sees no CUDA device"
+    return None
+
+
+def _gpu_index_problem(device: Device) -> str | None:
+    """``cuda:N`` past the devices torch sees (only known once torch is imported)."""
+    torch = sys.modules.get("torch")
+    if torch is None or device.index is None or not torch.cuda.is_available():
+        return None
+    count = torch.cuda.device_count()
+    if device.index >= count:
+        return f"{device} does not exist: torch sees {count} CUDA device(s) (cuda:0..{count - 1})"
+    return None
+
+
+def _auto_device_is_cpu(build: Mapping[str, str | None]) -> bool:
+    """Whether ``auto`` will certainly resolve to the CPU (no CUDA build, not an Apple GPU)."""
+    apple = sys.platform == "darwin" and platform.machine() == "arm64"
+    return bool(build) and _gpu_absent(build) is not None and not apple
 
 
 class TorchBackend(Backend):
     """PyTorch eager: the default backend for gpt-simple checkpoints (CPU, CUDA, MPS)."""
 
     name: ClassVar[str] = "torch"
-    formats: ClassVar[Mapping[str, str]] = {"gpt-simple": AUTO}
+    formats: ClassVar[Mapping[str, str]] = {FORMAT: AUTO}
     priority: ClassVar[int] = 100
     dtypes: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "bf16")
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda", "mps")
+    context_overflow: ClassVar[tuple[str, ...]] = (OVERFLOW_EXTRAPOLATE, OVERFLOW_TRUNCATE)
     requires: ClassVar[tuple[str, ...]] = ("torch", "safetensors")
+    extra: ClassVar[str | None] = "torch"
 
     def preflight(self, checkpoint: CheckpointInfo, request: LoadRequest) -> Preflight:
-        base = super().preflight(checkpoint, request)
-        problems, warnings = list(base.problems), list(base.warnings)
-        if request.dtype == "fp16" and request.device.split(":", 1)[0] == "cpu":
-            problems.append(FP16_ON_CPU)
-        elif request.dtype == "fp16" and request.device == "auto":
-            # Resolving the device imports torch, which pre-flight must not do.
+        """Device and dtype combinations, decided without importing torch where that is
+        certain (a CPU-only torch build is read from its version file)."""
+        problems: list[PreflightProblem] = []
+        warnings: list[str] = []
+        build = torch_build()
+        device = request.device
+        if device.kind == "cuda":
+            absent = _gpu_absent(build) or _gpu_index_problem(device)
+            if absent is not None:
+                problems.append(
+                    PreflightProblem(
+                        f"cannot run on {device}: {absent} (use --device cpu)", "--device"
+                    )
+                )
+        on_cpu = device.kind == "cpu" or (device.is_auto and _auto_device_is_cpu(build))
+        if request.dtype == "fp16" and on_cpu:
+            where = "" if device.kind == "cpu" else " (device auto is the CPU here: no GPU)"
+            problems.append(PreflightProblem(FP16_ON_CPU + where, "model.dtype"))
+        elif request.dtype == "fp16" and device.is_auto:
+            # A CUDA build: whether a GPU is there is known once torch is imported (run time).
             warnings.append(
                 "fp16 needs a GPU: if none is found at run time the load fails "
                 "(fp32 runs everywhere)"
             )
-        try:
-            _overflow_policy(request.options)
-        except BackendError as exc:
-            problems.append(str(exc))
-        return Preflight(problems=tuple(problems), warnings=tuple(warnings))
+        return Preflight(problems, warnings)
 
     def resolve(self, request: LoadRequest) -> LoadRequest:
         """``auto`` device: cuda, else mps, else cpu. ``auto`` dtype: fp32 on the CPU (fast and
         exact there), bf16 on CUDA GPUs that support it (fp32's range) else fp16, fp16 on mps."""
         torch = _import_torch()
-        device = request.device
-        if device == "auto":
+        device: str = request.device
+        if request.device.is_auto:
             if torch.cuda.is_available():
                 device = "cuda"
             elif torch.backends.mps.is_available():
@@ -150,8 +209,8 @@ class TorchBackend(Backend):
             else:
                 device = "cpu"
         dtype = request.dtype
-        if dtype == "auto":
-            kind = device.split(":", 1)[0]
+        if dtype == AUTO:
+            kind = Device(device).kind
             if kind == "cuda":
                 dtype = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
             elif kind == "mps":
@@ -173,9 +232,7 @@ class TorchBackend(Backend):
         return TorchModel.from_module(model, tokenizer, notes={"threads": torch.get_num_threads()})
 
     def load(self, checkpoint: CheckpointInfo, request: LoadRequest) -> TorchModel:
-        request = self.resolve(request)
-        if request.dtype == "fp16" and request.device.split(":", 1)[0] == "cpu":
-            raise BackendError(FP16_ON_CPU)
+        request = self.resolve(request)  # the core passes it resolved; a no-op then
         if checkpoint.weights is None or checkpoint.tokenizer is None:
             raise CheckpointError(f"{checkpoint.path}: no weights or no tokenizer to load")
         torch = _import_torch()
@@ -186,12 +243,22 @@ class TorchBackend(Backend):
         config = ModelConfig.from_dict(checkpoint.config, source=str(checkpoint.path))
         module = load_model(checkpoint.weights, config, dtype=request.dtype, device=request.device)
         store_matrices_transposed(module)
-        return TorchModel.from_module(
+        model = TorchModel.from_module(
             module,
             HFTokenizer(checkpoint.tokenizer),
-            context_overflow=_overflow_policy(request.options),
+            context_overflow=request.context_overflow or OVERFLOW_EXTRAPOLATE,
             notes={"threads": threads, "weights": checkpoint.weights.name},
         )
+        if request.device.kind == "cuda":
+            model.memory_budget = gpu_memory_budget(torch, request.device)
+        return model
+
+
+def gpu_memory_budget(torch: ModuleType, device: str) -> int:
+    """Bytes the core may plan KV cache and activations with on a GPU: a share of what is
+    free there after the weights loaded (host RAM says nothing about it)."""
+    free, _total = torch.cuda.mem_get_info(torch.device(device))
+    return int(free * GPU_MEMORY_SHARE)
 
 
 def activation_bytes_per_token(config: ModelConfig, dtype_bytes: int) -> int:
@@ -240,7 +307,7 @@ class TorchModel(LoadedModel):
         self.dtype = DTYPE_NAMES.get(weight.dtype, str(weight.dtype))
         self.device = str(weight.device)
         self.context_length = self.config.n_positions
-        self.context_overflow = _checked_overflow(context_overflow)
+        self.context_overflow = context_overflow
         self.notes = dict(notes or {})
         self._cache = KVCache(self.config, dtype=weight.dtype, device=weight.device)
         # What the core sizes its batches with (protocol.LoadedModel).

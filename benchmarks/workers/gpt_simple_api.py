@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from benchmarks.workers.common import best_of, emit, peak_rss_growth
 
@@ -60,11 +61,8 @@ def logits(
     greedy tokens instead of our own, so both runs see the same sequence."""
     import numpy as np
 
-    import gpt_simple
-    from gpt_simple_core.api import _as_loaded_model
-
-    model, tokenizer, _ = gpt_simple.load_for_inference(checkpoint, backend=backend)
-    loaded = _as_loaded_model(model, tokenizer)
+    loaded = load_through_session(checkpoint, backend)
+    tokenizer = loaded.tokenizer
     leader = np.load(follow) if follow is not None else None
     feed = tokenizer.encode(benchmark_prompt())
     rows = []
@@ -77,22 +75,33 @@ def logits(
     emit({"saved": str(out), "steps": steps})
 
 
+def load_through_session(
+    checkpoint: Path, backend: str | None, device: str | None = None, dtype: str | None = None
+) -> Any:
+    """The backend's model object (the protocol's ``LoadedModel``), loaded as any run loads
+    it: through a :class:`~gpt_simple_core.session.Session` and its pre-flight."""
+    from gpt_simple_core.records.schema import ModelSpec
+    from gpt_simple_core.registry import default_registry
+    from gpt_simple_core.session import Session
+    from gpt_simple_core.settings import RunOptions, Settings
+
+    session = Session(Settings(run=RunOptions(device=device)), default_registry(), progress=False)
+    loaded, _ = session.load(ModelSpec(checkpoint=str(checkpoint), backend=backend, dtype=dtype))
+    return loaded
+
+
 def load(checkpoint: Path) -> None:
     import torch  # imported before the measurement: the peak is the load's, not torch's
 
-    from gpt_simple_core.checkpoints.resolve import resolve_checkpoint
-    from gpt_simple_core.protocol import LoadRequest
-    from gpt_simple_torch.plugin import TorchBackend
-
-    info = resolve_checkpoint(str(checkpoint))
+    weights = checkpoint / "model" / "model.safetensors"
 
     def load_and_touch() -> None:
-        model = TorchBackend().load(info, LoadRequest(dtype="fp32", device="cpu"))
+        model = load_through_session(checkpoint, "torch", device="cpu", dtype="fp32")
         with torch.inference_mode():  # every weight read once: a mapped file counts too
             model.forward([0], [[1, 2, 3]])
 
     growth, _ = peak_rss_growth(load_and_touch)
-    emit({"peak_rss_growth": growth, "weights": info.weights.stat().st_size})
+    emit({"peak_rss_growth": growth, "weights": weights.stat().st_size})
 
 
 def main() -> None:

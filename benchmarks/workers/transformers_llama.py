@@ -27,7 +27,7 @@ from benchmarks.workers.common import best_of, emit
 def convert(checkpoint: Path, out: Path) -> None:
     from safetensors.numpy import load_file
 
-    from gpt_simple_core.checkpoints.model_config import ModelConfig
+    from gpt_simple_lm_format.config import ModelConfig
     from tests.support.llama import llama_config_kwargs, llama_state_dict
 
     config = ModelConfig.from_file(checkpoint / "model" / "config.json")

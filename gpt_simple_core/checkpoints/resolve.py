@@ -12,9 +12,13 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gpt_simple_core.checkpoints.info import CheckpointInfo
 from gpt_simple_core.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from gpt_simple_core.registry import Registry
 
 BUILTIN_PREFIX = "builtin:"
 DEFAULT_MODEL = "builtin:default"
@@ -59,14 +63,14 @@ def expand_path(raw: str, cwd: Path | None = None) -> Path:
 
 def resolve_checkpoint(
     raw: str,
+    registry: Registry,
     *,
     tokenizer: str | None = None,
     cwd: Path | None = None,
     load_tokenizer: bool = True,
 ) -> CheckpointInfo:
-    """Resolve ``raw`` (checkpoint or run directory, or a file a plugin knows) and check it."""
-    from gpt_simple_core.plugin_manager import inspect_checkpoint
-
+    """Resolve ``raw`` (checkpoint or run directory, or a file a plugin knows) and check it
+    with the format plugins of ``registry``."""
     path = expand_path(raw, cwd)
     if not path.exists():
         shown = f" ({path})" if str(path) != raw else ""
@@ -76,11 +80,11 @@ def resolve_checkpoint(
         tokenizer_path = expand_path(tokenizer, cwd)
         if not tokenizer_path.exists():
             raise CheckpointError(f"tokenizer {tokenizer}: no such file or directory")
-    info = inspect_checkpoint(path, tokenizer_path, load_tokenizer=load_tokenizer)
+    info = registry.inspect_checkpoint(path, tokenizer_path, load_tokenizer=load_tokenizer)
     if info is None:
+        known = "; ".join(f"{f.name}: {f.description}" for f in registry.formats.values())
         raise CheckpointError(
-            f"{path} is neither a checkpoint directory (with model/config.json) nor a run "
-            f"directory (with checkpoints/), and no installed format plugin recognises it "
-            f"(`gpt-simple backends` lists the formats installed)"
+            f"{path} is not a checkpoint any installed format plugin recognises "
+            f"({known or 'no format plugins are installed'})"
         )
     return info

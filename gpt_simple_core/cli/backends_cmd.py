@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import json
-from importlib.metadata import packages_distributions, version
 from typing import Any
 
-from gpt_simple_core import plugin_manager
-from gpt_simple_core.protocol import Backend
+from gpt_simple_core.install import install_command
+from gpt_simple_core.protocol import PLUGIN_API, Backend
+from gpt_simple_core.registry import Registry
 
-HELP = "list installed backends: package, version, formats, dtypes, devices, dependencies"
+HELP = "list installed backends and formats: package, version, dtypes, devices, dependencies"
+SHOWN = ("name", "package", "version", "formats", "priority", "dtypes", "devices")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -20,66 +20,72 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
-@functools.cache
-def _distributions() -> dict[str, list[str]]:
-    return packages_distributions()
-
-
-def _package(backend: Backend) -> tuple[str, str | None]:
-    top = type(backend).__module__.split(".", 1)[0]
-    names = _distributions().get(top)
-    if not names:
-        return top, None
-    return names[0], version(names[0])
-
-
-def describe(backend: Backend) -> dict[str, Any]:
+def describe(backend: Backend, registry: Registry) -> dict[str, Any]:
     """One backend as ``gpt-simple backends --json`` prints it."""
-    package, package_version = _package(backend)
+    source = registry.sources.get(backend.name)
     missing = backend.missing_dependencies()
     described = {
         "name": backend.name,
-        "package": package,
-        "version": package_version,
+        "package": (source.distribution if source else None) or type(backend).__module__,
+        "version": source.version if source else None,
         "formats": dict(backend.formats),
         "priority": backend.priority,
         "dtypes": list(backend.dtypes),
         "devices": list(backend.devices),
-        "dependencies": "ok" if not missing else f"missing: {', '.join(missing)}",
+        "context_overflow": list(backend.context_overflow),
+        "options": _options_schema(backend),
+        "dependencies": "ok"
+        if not missing
+        else f"missing: {', '.join(missing)} ({registry.install_hint(backend)})",
     }
     if not missing:
         described.update(backend.describe_runtime())
     return described
 
 
-def run(args: argparse.Namespace) -> int:
-    backends = [describe(b) for b in plugin_manager.get_backends().values()]
-    broken = dict(plugin_manager.plugin_errors)
+def _options_schema(backend: Backend) -> dict[str, str] | None:
+    """Option name -> its default, as text (None: the backend takes no options)."""
+    import attrs
+
+    if backend.Options is None:
+        return None
+    return {f.name: repr(f.default) for f in attrs.fields(backend.Options)}
+
+
+def run(args: argparse.Namespace, registry: Registry) -> int:
+    backends = [describe(b, registry) for b in registry.backends.values()]
+    formats = {name: f.description for name, f in registry.formats.items()}
+    broken = dict(registry.plugin_errors)
     if args.json:
-        print(json.dumps({"backends": backends, "plugin_errors": broken}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "plugin_api": PLUGIN_API,
+                    "backends": backends,
+                    "formats": formats,
+                    "plugin_errors": broken,
+                },
+                indent=2,
+            )
+        )
         return 0
     if not backends:
-        print("no backends installed (pip install 'gpt-simple-inference[torch]')")
+        print(f"no backends installed ({install_command('gpt-simple-inference', 'torch')})")
     for b in backends:
-        formats = ", ".join(f"{f} ({mode})" for f, mode in b["formats"].items())
+        runs = ", ".join(f"{f} ({mode})" for f, mode in b["formats"].items())
         print(f"{b['name']}: {b['package']} {b['version'] or ''}".rstrip())
-        print(f"  formats: {formats}; priority {b['priority']}")
+        print(f"  formats: {runs}; priority {b['priority']}")
         print(f"  dtypes: {', '.join(b['dtypes'])}; devices: {', '.join(b['devices'])}")
+        print(f"  context overflow: {', '.join(b['context_overflow'])}")
+        if b["options"]:
+            print("  options: " + ", ".join(f"{k} (default {v})" for k, v in b["options"].items()))
         print(f"  dependencies: {b['dependencies']}")
-        for key in sorted(
-            set(b)
-            - {
-                "name",
-                "package",
-                "version",
-                "formats",
-                "priority",
-                "dtypes",
-                "devices",
-                "dependencies",
-            }
-        ):
+        for key in sorted(set(b) - {*SHOWN, "context_overflow", "options", "dependencies"}):
             print(f"  {key}: {b[key]}")
+    if formats:
+        print("formats:")
+        for name, description in formats.items():
+            print(f"  {name}: {description}")
     for name, error in broken.items():
         print(f"{name}: failed to load: {error}")
     return 0

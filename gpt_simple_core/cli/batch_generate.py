@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from gpt_simple_core.cli.execute import run_plan
 from gpt_simple_core.cli.options import (
     add_model_options,
     add_run_options,
@@ -14,11 +15,13 @@ from gpt_simple_core.cli.options import (
     effective_settings,
 )
 from gpt_simple_core.cli.problems import report_problems
+from gpt_simple_core.exit_codes import EXIT_INVALID, EXIT_OK
 from gpt_simple_core.plan.model import plan_to_json
-from gpt_simple_core.plan.planner import Planned, Planner
+from gpt_simple_core.plan.planner import Planned
 from gpt_simple_core.plan.render import render_text
 from gpt_simple_core.records.parse import parse_lines, read_jsonl
-from gpt_simple_core.settings import Settings
+from gpt_simple_core.registry import Registry
+from gpt_simple_core.session import Session
 
 HELP = "run a JSONL sweep where each record may name its own model and sampling parameters"
 
@@ -45,7 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
-def plan_input(source: str, settings: Settings) -> Planned:
+def plan_input(source: str, session: Session) -> Planned:
     """Parse and plan ``source`` (a path or '-')."""
     if source == "-":
         records, problems = parse_lines(sys.stdin.buffer)
@@ -53,17 +56,16 @@ def plan_input(source: str, settings: Settings) -> Planned:
     else:
         records, problems = read_jsonl(Path(source))
         name = source
-    return Planner(settings, source=name).plan(records, problems)
+    return session.plan(records, problems, source=name)
 
 
-def run(args: argparse.Namespace) -> int:
-    from gpt_simple_core.cli.main import EXIT_INVALID, EXIT_OK
-
+def run(args: argparse.Namespace, registry: Registry) -> int:
     settings = effective_settings(args)
     if args.input != "-" and not Path(args.input).is_file():
         print(f"gpt-simple: error: input file {args.input} does not exist", file=sys.stderr)
         return EXIT_INVALID
-    planned = plan_input(args.input, settings)
+    session = Session(settings, registry)
+    planned = plan_input(args.input, session)
     if args.dry_run:
         if args.plan_format == "json":
             print(json.dumps(plan_to_json(planned.plan), indent=2))
@@ -76,6 +78,4 @@ def run(args: argparse.Namespace) -> int:
     if not planned.plan.ok:
         report_problems(planned.plan)
         return EXIT_INVALID
-    from gpt_simple_core.engine.run import execute
-
-    return execute(planned, settings, output=args.output)
+    return run_plan(session, planned, args.output)

@@ -6,11 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
-from gpt_simple_core import plugin_manager
 from gpt_simple_core.checkpoints.resolve import resolve_checkpoint
 from gpt_simple_core.errors import BackendError, ConfigError
-from gpt_simple_core.protocol import ExportOptions
-from gpt_simple_core.records.schema import normalize_dtype
+from gpt_simple_core.protocol import ExportOptions, normalize_dtype
+from gpt_simple_core.registry import Registry
 
 HELP = "export a checkpoint to another format (e.g. ONNX), as a folder --checkpoint accepts"
 
@@ -27,21 +26,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
-    exporters = plugin_manager.get_exporters()
+def run(args: argparse.Namespace, registry: Registry) -> int:
+    exporters = registry.exporters
     exporter = exporters.get(args.format)
     if exporter is None:
         known = ", ".join(sorted(exporters)) or "none installed"
         raise BackendError(f"no exporter for format {args.format!r} (available: {known})")
     missing = exporter.missing_dependencies()
     if missing:
-        raise BackendError(
-            f"exporting to {args.format} needs {', '.join(missing)} "
-            f"(pip install 'gpt-simple-inference[export]')"
-        )
+        hint = registry.install_hint(exporter)
+        raise BackendError(f"exporting to {args.format} needs {', '.join(missing)} ({hint})")
     if args.out.exists() and any(args.out.iterdir()):
         raise ConfigError(f"{args.out} exists and is not empty")
-    info = resolve_checkpoint(args.checkpoint, tokenizer=args.tokenizer)
+    info = resolve_checkpoint(args.checkpoint, registry, tokenizer=args.tokenizer)
     if info.format not in exporter.formats:
         raise BackendError(
             f"the {args.format} exporter reads {', '.join(exporter.formats)} checkpoints, "

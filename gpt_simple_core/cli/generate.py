@@ -10,6 +10,7 @@ import attrs
 import structlog
 
 from gpt_simple_core.checkpoints.resolve import DEFAULT_MODEL
+from gpt_simple_core.cli.execute import run_plan
 from gpt_simple_core.cli.options import (
     add_model_options,
     add_run_options,
@@ -17,8 +18,11 @@ from gpt_simple_core.cli.options import (
     effective_settings,
 )
 from gpt_simple_core.cli.problems import report_problems
-from gpt_simple_core.plan.planner import Planner
+from gpt_simple_core.errors import ConfigError
+from gpt_simple_core.exit_codes import EXIT_INVALID
 from gpt_simple_core.records.parse import Record, parse_lines, read_jsonl
+from gpt_simple_core.registry import Registry
+from gpt_simple_core.session import Session
 
 HELP = "generate completions for prompts with one model and one set of sampling parameters"
 log = structlog.get_logger(__name__)
@@ -51,26 +55,22 @@ def _records(args: argparse.Namespace) -> tuple[list[Record], list, str]:
         return records, problems, "<stdin>"
     path = Path(args.prompts_file)
     if not path.is_file():
-        from gpt_simple_core.errors import ConfigError
-
         raise ConfigError(f"prompts file {path} does not exist")
     records, problems = read_jsonl(path, allow_blocks=False)
     return records, problems, args.prompts_file
 
 
-def run(args: argparse.Namespace) -> int:
-    from gpt_simple_core.cli.main import EXIT_INVALID
-    from gpt_simple_core.engine.run import execute
-
+def run(args: argparse.Namespace, registry: Registry) -> int:
     settings = effective_settings(args)
     if settings.model.path is None:
         log.info("no --checkpoint given: using the embedded default model", model=DEFAULT_MODEL)
         settings = attrs.evolve(
             settings, model=attrs.evolve(settings.model, checkpoint=DEFAULT_MODEL)
         )
+    session = Session(settings, registry)
     records, problems, source = _records(args)
-    planned = Planner(settings, source=source).plan(records, problems)
+    planned = session.plan(records, problems, source=source)
     if not planned.plan.ok:
         report_problems(planned.plan)
         return EXIT_INVALID
-    return execute(planned, settings, output=args.output)
+    return run_plan(session, planned, args.output)

@@ -14,14 +14,17 @@ from collections.abc import Sequence
 
 from gpt_simple_core import __version__, logs
 from gpt_simple_core.cli import backends_cmd, batch_generate, export, generate, validate
+from gpt_simple_core.cli.execute import STOPPED_STATUS
+from gpt_simple_core.engine.stop import StopRequested
 from gpt_simple_core.errors import GptSimpleError
-
-EXIT_OK = 0
-EXIT_RECORD_ERRORS = 1
-EXIT_INVALID = 2
-EXIT_INTERNAL = 70
-EXIT_INTERRUPTED = 130
-EXIT_TERMINATED = 143
+from gpt_simple_core.exit_codes import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_TERMINATED,
+)
+from gpt_simple_core.registry import Registry
 
 EXIT_CODES_HELP = """\
 exit status:
@@ -29,7 +32,8 @@ exit status:
   1    the run finished, but some records carry an "error" (see the output)
   2    invalid command line, config, input file or checkpoint: nothing was loaded
   70   internal error (a bug: please report it with the traceback)
-  130  interrupted (Ctrl-C); 143 terminated (SIGTERM): finished records are kept
+  130  interrupted (Ctrl-C); 143 terminated (SIGTERM); 138 stopped by SIGUSR1 or
+       --max-runtime: finished records are kept (docs/cli.md)
 """
 
 COMMANDS = (generate, batch_generate, validate, backends_cmd, export)
@@ -64,15 +68,20 @@ def _exit_quietly_on_broken_pipe() -> int:
     return EXIT_OK
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, registry: Registry | None = None) -> int:
+    """Run ``gpt-simple ARGV``; ``registry`` replaces the installed plugins (for embedding and
+    tests). Returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logs.configure(args.log_format, args.log_level)
     try:
-        return args.handler(args)
+        return args.handler(args, registry or Registry.discover())
     except GptSimpleError as exc:
         print(f"gpt-simple: error: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    except StopRequested as exc:  # a signal before or after the run itself
+        print(f"gpt-simple: stopped ({exc.reason})", file=sys.stderr)
+        return STOPPED_STATUS.get(exc.reason, EXIT_TERMINATED)
     except KeyboardInterrupt:
         print("gpt-simple: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -6,6 +6,8 @@ import argparse
 import json
 
 from gpt_simple_core.api import validate_checkpoint
+from gpt_simple_core.exit_codes import EXIT_OK
+from gpt_simple_core.registry import Registry
 
 HELP = "check a checkpoint (config, weights present, tokenizer) without loading weights"
 
@@ -18,10 +20,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
-    from gpt_simple_core.cli.main import EXIT_OK
-
-    result = validate_checkpoint(args.path, tokenizer_path=args.tokenizer)
+def run(args: argparse.Namespace, registry: Registry) -> int:
+    result = validate_checkpoint(args.path, tokenizer_path=args.tokenizer, registry=registry)
     summary = {
         "checkpoint": str(result.checkpoint_dir),
         "format": result.format,

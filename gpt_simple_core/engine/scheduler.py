@@ -26,7 +26,7 @@ import structlog
 
 from gpt_simple_core.engine.capacity import DEFAULT_MAX_SLOTS, Capacity, plan_capacity
 from gpt_simple_core.engine.sampler import forbidden_mask, next_tokens
-from gpt_simple_core.engine.sequence import Sequence
+from gpt_simple_core.engine.token_sequence import TokenSequence
 from gpt_simple_core.errors import GenerationError
 from gpt_simple_core.plan.planner import PlannedRecord
 from gpt_simple_core.protocol import LoadedModel
@@ -36,7 +36,7 @@ log = structlog.get_logger(__name__)
 #: The admission window holds this many times the number of slots.
 WINDOW_FACTOR = 4
 
-OnDone = Callable[[Sequence], None]
+OnDone = Callable[[TokenSequence], None]
 OnError = Callable[[PlannedRecord, BaseException], None]
 Waiting = tuple[PlannedRecord, list[int]]  # a record and its prompt's token ids
 Logits = tuple[list[int], np.ndarray]  # rows and their logits [len(rows), vocab]
@@ -47,7 +47,8 @@ class GroupScheduler:
 
     ``batch_size`` and ``max_batch_tokens`` override the slots and tokens per call the memory
     budget implies. ``bucketing=False`` admits strictly in input order (same completions,
-    more padding).
+    more padding). ``before_step`` runs before every step; raising there stops the loop with
+    the rows in flight unreported.
     """
 
     def __init__(
@@ -60,6 +61,7 @@ class GroupScheduler:
         max_batch_tokens: int | None = None,
         on_tokens: Callable[[int], None] | None = None,
         bucketing: bool = True,
+        before_step: Callable[[], None] | None = None,
     ) -> None:
         self.model = model
         self.batch_size = batch_size
@@ -68,9 +70,10 @@ class GroupScheduler:
         self.on_done = on_done
         self.on_error = on_error
         self.on_tokens = on_tokens or (lambda n: None)
+        self.before_step = before_step or (lambda: None)
         self.capacity: Capacity | None = None
         self._forbidden: np.ndarray | None = None
-        self.active: dict[int, Sequence] = {}
+        self.active: dict[int, TokenSequence] = {}
         self._free: list[int] = []
         self._window: list[Waiting] = []
         self._window_size = 0
@@ -112,6 +115,7 @@ class GroupScheduler:
         self._free = list(range(slots - 1, -1, -1))
         self.active = {}
         while self._window or self.active:
+            self.before_step()  # may raise to stop the run between two steps
             admitted = self._admit(pending)
             if admitted:
                 self._step({slot: self.active[slot].prompt_ids for slot in admitted})
@@ -141,7 +145,7 @@ class GroupScheduler:
         for position in chosen:
             planned, prompt_ids = self._window[position]
             slot = self._free.pop()
-            self.active[slot] = Sequence(planned, prompt_ids, self.model.tokenizer)
+            self.active[slot] = TokenSequence(planned, prompt_ids, self.model.tokenizer)
             admitted.append(slot)
         for position in reversed(chosen):
             del self._window[position]

@@ -33,7 +33,9 @@ class PlanGroup:
     token_budget: int = 0
     weight_bytes: int | None = None
     context_length: int | None = None
+    options: dict[str, Any] | None = None
     warnings: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
 
 @attrs.frozen(kw_only=True)

@@ -6,6 +6,7 @@ and pre-flights backends, but never loads weights or imports a runtime such as t
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,14 +17,13 @@ import attrs
 from gpt_simple_core.checkpoints.info import CheckpointInfo
 from gpt_simple_core.checkpoints.resolve import resolve_checkpoint
 from gpt_simple_core.errors import CheckpointError
-from gpt_simple_core.plan.backend_choice import BackendChoice, choose_backend
+from gpt_simple_core.plan.backend_choice import Asked, BackendChoice, choose_backend
 from gpt_simple_core.plan.model import Plan, PlanGroup, PlanProblem
-from gpt_simple_core.protocol import Backend, LoadRequest
+from gpt_simple_core.protocol import AUTO, OVERFLOW_WINDOW, Backend, LoadRequest
 from gpt_simple_core.records.parse import Record, bulk_allocation
 from gpt_simple_core.records.problems import Problem
 from gpt_simple_core.records.schema import (
     BUILTIN_GENERATION,
-    DTYPE_BYTES,
     GenerationParams,
     GenerationSpec,
     ModelSpec,
@@ -31,41 +31,46 @@ from gpt_simple_core.records.schema import (
     stack,
 )
 from gpt_simple_core.records.seeds import derive_seed, draw_run_seed
+from gpt_simple_core.registry import Registry
 from gpt_simple_core.settings import Settings
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, slots=False)
 class PlannedRecord:
-    """A record and its resolved sampling parameters.
+    """A record and its resolved sampling parameters: ``fields`` (everything but the seed, one
+    mapping shared by the records whose generation blocks resolve alike) and its ``seed``.
 
-    The planner gives each record the fields its generation block resolves to (shared by the
-    records with that block) and its seed; ``params`` is built from them on first use, so
-    planning (a dry-run of 100k records) does not build an object per record.
+    :attr:`params` is built from them on first use, so planning (a dry-run of 100k records)
+    does not build an object per record.
     """
 
     record: Record
-    _params: GenerationParams | None = None
-    _fields: Mapping[str, Any] | None = attrs.field(default=None, repr=False)
-    _seed: int | None = None
+    fields: Mapping[str, Any] = attrs.field(repr=False)
+    seed: int
 
-    @property
+    @classmethod
+    def from_params(cls, record: Record, params: GenerationParams) -> PlannedRecord:
+        fields = params.to_fields()
+        seed = fields.pop("seed")
+        planned = cls(record, fields, seed)
+        planned.__dict__["params"] = params  # the cached_property's slot, already filled
+        return planned
+
+    @functools.cached_property
     def params(self) -> GenerationParams:
-        if self._params is None:
-            assert self._fields is not None and self._seed is not None
-            self._params = GenerationParams(**self._fields, seed=self._seed)
-        return self._params
+        return GenerationParams(**self.fields, seed=self.seed)
 
     @property
     def max_new_tokens(self) -> int:
-        return self._params.max_new_tokens if self._params else self._fields["max_new_tokens"]
+        return self.fields["max_new_tokens"]
 
 
 @attrs.define
 class PlannedGroup:
-    """A group ready to run: its checkpoint, backend, load request and records."""
+    """A group ready to run: its checkpoint, backend, pre-flighted load request and records."""
 
     info: CheckpointInfo
-    backend: Backend | None
+    backend: Backend
     request: LoadRequest
     records: list[PlannedRecord]
     summary: PlanGroup
@@ -82,7 +87,8 @@ class _GroupKey:
     checkpoint: Path
     dtype: str
     tokenizer: Path | None
-    backend: str | None
+    backend: str
+    options: Any
 
 
 @attrs.frozen
@@ -93,6 +99,35 @@ class _Route:
     info: CheckpointInfo | None = None
     choice: BackendChoice | None = None
     problems: tuple[tuple[str, str], ...] = ()
+
+
+class GenerationResolver:
+    """Each record's sampling parameters: built-in defaults < the settings' generation block <
+    the record's own, and its seed (its own, else derived from the run seed and its position).
+
+    The one place defaults are stacked and seeds derived, for plans and for the Python API
+    alike. Each distinct generation block is resolved once: a sweep shares them.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.run_seed = settings.run_seed if settings.run_seed is not None else draw_run_seed()
+        self._defaults = stack(BUILTIN_GENERATION, attrs.evolve(settings.generation, seed=None))
+        # generation block -> (its resolved fields but the seed, the block's own seed)
+        self._resolved: dict[GenerationSpec | None, tuple[dict[str, Any], int | None]] = {}
+
+    def planned(self, record: Record) -> PlannedRecord:
+        resolved = self._resolved.get(record.generation)
+        if resolved is None:
+            spec = stack(self._defaults, record.generation)
+            fields = resolve_generation(spec, 0).to_fields()
+            del fields["seed"]
+            resolved = self._resolved[record.generation] = (fields, spec.seed)
+        fields, seed = resolved
+        if record.seed is not None:
+            seed = record.seed
+        elif seed is None:
+            seed = derive_seed(self.run_seed, record.index)
+        return PlannedRecord(record, fields, seed)
 
 
 class _ProblemLog:
@@ -136,34 +171,20 @@ class _ProblemLog:
 
 
 class Planner:
-    """Builds a :class:`Planned` from parsed records and the stacked settings."""
+    """Builds a :class:`Planned` from parsed records, the stacked settings and a registry."""
 
     def __init__(
-        self,
-        settings: Settings,
-        *,
-        source: str,
-        cwd: Path | None = None,
-        backends: Mapping[str, Backend] | None = None,
-        plugin_errors: Mapping[str, str] | None = None,
+        self, settings: Settings, registry: Registry, *, source: str, cwd: Path | None = None
     ) -> None:
-        from gpt_simple_core import plugin_manager
-
         self.settings = settings
+        self.registry = registry
         self.source = source
         self.cwd = cwd or Path.cwd()
-        self.backends = plugin_manager.get_backends() if backends is None else backends
-        self.plugin_errors = (
-            plugin_manager.plugin_errors if plugin_errors is None else plugin_errors
-        )
-        self.run_seed = settings.run_seed if settings.run_seed is not None else draw_run_seed()
-        self._defaults = stack(BUILTIN_GENERATION, attrs.evolve(settings.generation, seed=None))
+        self.generation = GenerationResolver(settings)
         self._checkpoints: dict[tuple[str, str | None], CheckpointInfo | CheckpointError] = {}
         self._choices: dict[tuple, BackendChoice] = {}
         # Sweeps repeat the same blocks on every line: stack each distinct block once.
         self._model_specs: dict[ModelSpec | None, ModelSpec] = {}
-        # generation block -> (its resolved fields but the seed, the block's own seed)
-        self._generation_specs: dict[GenerationSpec | None, tuple[dict[str, Any], int | None]] = {}
         # model block -> where its records go (a group key) or the problems that stop them
         self._routes: dict[ModelSpec | None, _Route] = {}
 
@@ -173,57 +194,66 @@ class Planner:
         tokenizer with it (the default tokenizer belongs to the default model)."""
         spec = self._model_specs.get(record.model)
         if spec is None:
-            spec = self._model_specs[record.model] = self._stack_model(record.model)
+            spec = self._model_specs[record.model] = self.stack_model(record.model)
         return spec
 
-    def _stack_model(self, own: ModelSpec | None) -> ModelSpec:
+    def stack_model(self, own: ModelSpec | None) -> ModelSpec:
         default, own = self.settings.model, own or ModelSpec()
         spec = stack(default, attrs.evolve(own, checkpoint=None, output_dir=None))
+        if own.options is not None:
+            spec = attrs.evolve(spec, options=own.options.over(default.options))
         if own.path is not None:
             spec = attrs.evolve(spec, checkpoint=own.path, output_dir=None, tokenizer=own.tokenizer)
         elif default.path is not None:
             spec = attrs.evolve(spec, checkpoint=default.path, output_dir=None)
         return spec
 
-    def planned(self, record: Record) -> PlannedRecord:
-        """``record`` with its parameters: its generation block over the defaults (resolved
-        once per distinct block: a sweep shares them) and its seed."""
-        resolved = self._generation_specs.get(record.generation)
-        if resolved is None:
-            spec = stack(self._defaults, record.generation)
-            fields = resolve_generation(spec, 0).to_fields()
-            del fields["seed"]
-            resolved = self._generation_specs[record.generation] = (fields, spec.seed)
-        fields, seed = resolved
-        if record.seed is not None:
-            seed = record.seed
-        elif seed is None:
-            seed = derive_seed(self.run_seed, record.index)
-        return PlannedRecord(record, fields=fields, seed=seed)
-
     def checkpoint(self, path: str, tokenizer: str | None) -> CheckpointInfo | CheckpointError:
         key = (path, tokenizer)
         if key not in self._checkpoints:
             try:
-                self._checkpoints[key] = resolve_checkpoint(path, tokenizer=tokenizer, cwd=self.cwd)
+                self._checkpoints[key] = resolve_checkpoint(
+                    path, self.registry, tokenizer=tokenizer, cwd=self.cwd
+                )
             except CheckpointError as exc:
                 self._checkpoints[key] = exc
         return self._checkpoints[key]
 
-    def request(self, dtype: str) -> LoadRequest:
+    def asked(self, spec: ModelSpec) -> Asked:
+        """What the settings and ``spec`` ask of whichever backend runs it."""
         run = self.settings.run
-        options = {"context_overflow": run.context_overflow} if run.context_overflow else {}
-        return LoadRequest(
-            dtype=dtype, device=run.device or "auto", threads=run.threads, options=options
+        request = LoadRequest(
+            dtype=spec.dtype or AUTO,
+            device=run.device or AUTO,
+            threads=run.threads,
+            context_overflow=run.context_overflow,
         )
+        return Asked(request, spec.options, self.settings.backend_options)
 
-    def choice(self, info: CheckpointInfo, backend: str | None, dtype: str) -> BackendChoice:
-        key = (info.path, info.format, backend, dtype)
+    def choice(self, info: CheckpointInfo, spec: ModelSpec) -> BackendChoice:
+        key = (info.path, info.format, spec.backend, spec.dtype, spec.options)
         if key not in self._choices:
-            self._choices[key] = choose_backend(
-                info, backend, self.request(dtype), self.backends, self.plugin_errors
-            )
+            self._choices[key] = choose_backend(info, spec.backend, self.asked(spec), self.registry)
         return self._choices[key]
+
+    def route(self, spec: ModelSpec, *, from_record: bool = True) -> _Route:
+        """Where records with model block ``spec`` (stacked) go; nothing else matters."""
+        if spec.path is None:
+            message = "no model: give model.checkpoint in the record, or --checkpoint"
+            return _Route(problems=(("model", message),))
+        field = "model.checkpoint" if from_record else "--checkpoint"
+        info = self.checkpoint(spec.path, spec.tokenizer)
+        if isinstance(info, CheckpointError):
+            return _Route(problems=((field, str(info)),))
+        choice = self.choice(info, spec)
+        if choice.problems:
+            return _Route(problems=tuple((p.field, p.message) for p in choice.problems))
+        assert choice.backend is not None and choice.request is not None  # no problems
+        request = choice.request
+        key = _GroupKey(
+            info.path, request.dtype, info.tokenizer, choice.backend.name, request.options
+        )
+        return _Route(key=key, info=info, choice=choice)
 
     # The whole input -----------------------------------------------------------------------
     def plan(self, records: Sequence[Record], parse_problems: Sequence[Problem] = ()) -> Planned:
@@ -247,7 +277,10 @@ class Planner:
         for record in records:
             route = self._routes.get(record.model)
             if route is None:
-                route = self._routes[record.model] = self._route(record)
+                own_path = record.model is not None and record.model.path is not None
+                route = self._routes[record.model] = self.route(
+                    self.model_spec(record), from_record=own_path
+                )
             group = group_of.get(id(route))
             if group is None:
                 if route.problems:
@@ -257,57 +290,38 @@ class Planner:
                 assert route.key is not None and route.info and route.choice is not None
                 group = groups.get(route.key)
                 if group is None:
-                    group = groups[route.key] = self._new_group(
-                        route.info, route.choice, route.key.dtype, record.line
+                    group = groups[route.key] = self.new_group(
+                        route.info, route.choice, record.line
                     )
                 group_of[id(route)] = group
-            group.records.append(self.planned(record))
+            group.records.append(self.generation.planned(record))
         return [self._summarise(group) for group in groups.values()]
 
-    def _route(self, record: Record) -> _Route:
-        """Where records with this record's model block go; it depends on nothing else."""
-        spec = self.model_spec(record)
-        if spec.path is None:
-            message = "no model: give model.checkpoint in the record, or --checkpoint"
-            return _Route(problems=(("model", message),))
-        field = "model.checkpoint" if record.model and record.model.path else "--checkpoint"
-        info = self.checkpoint(spec.path, spec.tokenizer)
-        if isinstance(info, CheckpointError):
-            return _Route(problems=((field, str(info)),))
-        dtype = spec.dtype or "auto"
-        choice = self.choice(info, spec.backend, dtype)
-        if choice.problems:
-            return _Route(problems=tuple(("model.backend", m) for m in choice.problems))
-        backend_name = choice.backend.name if choice.backend else None
-        key = _GroupKey(info.path, dtype, info.tokenizer, backend_name)
-        return _Route(key=key, info=info, choice=choice)
-
-    def _new_group(
-        self, info: CheckpointInfo, choice: BackendChoice, dtype: str, line: int
-    ) -> PlannedGroup:
-        request = self.request(dtype)
+    def new_group(self, info: CheckpointInfo, choice: BackendChoice, line: int) -> PlannedGroup:
+        assert choice.backend is not None and choice.request is not None
+        request = choice.request
         summary = PlanGroup(
             checkpoint=str(info.path),
             format=info.format,
             step=info.step,
             selected_because=info.selected_because,
-            backend=choice.backend.name if choice.backend else None,
+            backend=choice.backend.name,
             backend_selected_because=choice.because or None,
-            dtype=dtype if dtype != "auto" else "auto (resolved at load)",
-            device=request.device if request.device != "auto" else "auto (resolved at load)",
+            dtype=request.dtype if request.dtype != AUTO else "auto (resolved at load)",
+            device=request.device if not request.device.is_auto else "auto (resolved at load)",
             tokenizer=str(info.tokenizer) if info.tokenizer else None,
             eos_id=info.eos_id,
             first_line=line,
             context_length=info.context_length,
+            options=_options_json(request.options),
             warnings=tuple(info.warnings) + tuple(choice.warnings),
+            notes=choice.notes,
         )
         return PlannedGroup(info, choice.backend, request, [], summary)
 
     def _summarise(self, group: PlannedGroup) -> PlannedGroup:
-        info = group.info
         budget = sum(r.max_new_tokens for r in group.records)
-        dtype_bytes = DTYPE_BYTES.get(group.request.dtype, 4)
-        weight_bytes = info.param_count * dtype_bytes if info.param_count else None
+        weight_bytes = group.backend.weight_bytes(group.info, group.request.dtype)
         warnings = list(group.summary.warnings) + _context_warnings(group)
         group.summary = attrs.evolve(
             group.summary,
@@ -319,14 +333,22 @@ class Planner:
         return group
 
 
+def _options_json(options: Any) -> dict[str, Any] | None:
+    """A backend's options instance as the plan shows it (None without options)."""
+    if options is None:
+        return None
+    return attrs.asdict(options) if attrs.has(type(options)) else {"value": repr(options)}
+
+
 def _context_warnings(group: PlannedGroup) -> list[str]:
     """Records that will (or may) run past the context, from a cheap bound on prompt tokens.
 
     A byte-level token covers at least one byte and at most ``max_token_bytes`` bytes, so
-    ``bytes / max_token_bytes <= tokens <= bytes``: no prompt is tokenized while planning.
+    ``bytes / max_token_bytes <= tokens <= bytes``: no prompt is tokenized while planning. A
+    backend that always reads a fixed window (HipGPT) has no context to run past.
     """
     context = group.info.context_length
-    if not context:
+    if not context or group.backend.context_overflow == (OVERFLOW_WINDOW,):
         return []
     longest = group.info.details.get("max_token_bytes") or 1
     will = may = 0

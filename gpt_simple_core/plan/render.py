@@ -26,6 +26,9 @@ def _group_lines(number: int, group: PlanGroup) -> list[str]:
         backend += f" ({group.backend_selected_because})"
     lines.append(f"    backend: {backend}")
     lines.append(f"    dtype: {group.dtype}; device: {group.device}")
+    if group.options:
+        shown = ", ".join(f"{k}={v!r}" for k, v in group.options.items())
+        lines.append(f"    options: {shown}")
     eos = "none" if group.eos_id is None else str(group.eos_id)
     lines.append(f"    tokenizer: {group.tokenizer or 'none'} (EOS id {eos})")
     context = f"; context {group.context_length} tokens" if group.context_length else ""
@@ -33,6 +36,7 @@ def _group_lines(number: int, group: PlanGroup) -> list[str]:
         f"    records: {group.records} (first on line {group.first_line}); "
         f"token budget {group.token_budget}; weights ~{human_bytes(group.weight_bytes)}{context}"
     )
+    lines.extend(f"    note: {n}" for n in group.notes)
     lines.extend(f"    warning: {w}" for w in group.warnings)
     return lines
 

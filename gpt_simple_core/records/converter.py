@@ -16,6 +16,7 @@ import attrs
 import cattrs
 
 from gpt_simple_core.records.problems import Problem
+from gpt_simple_core.records.schema import Options
 
 T = TypeVar("T")
 
@@ -92,6 +93,13 @@ def _ints(value: Any, _: type) -> tuple[int, ...]:
     return _list_of(value, is_int, "a list of integers")
 
 
+def _options(value: Any, _: type) -> Options:
+    """A backend's options: an object here, checked against the backend's schema later."""
+    if not isinstance(value, dict):
+        raise _TypeMismatch(f"must be an object of the backend's options, got {_describe(value)}")
+    return Options.of(value)
+
+
 def _make_converter() -> cattrs.Converter:
     converter = cattrs.Converter()
     converter.register_structure_hook(int, _strict_int)
@@ -100,6 +108,7 @@ def _make_converter() -> cattrs.Converter:
     converter.register_structure_hook(str, _strict_str)
     converter.register_structure_hook_func(lambda t: t == tuple[str, ...], _strings)
     converter.register_structure_hook_func(lambda t: t == tuple[int, ...], _ints)
+    converter.register_structure_hook(Options, _options)
     return converter
 
 

@@ -7,34 +7,14 @@ resolved :class:`GenerationParams` is what the engine runs and what the output e
 
 from __future__ import annotations
 
+import json
 from typing import Any, TypeVar
 
 import attrs
 
-DTYPE_ALIASES = {
-    "fp32": "fp32",
-    "float32": "fp32",
-    "f32": "fp32",
-    "fp16": "fp16",
-    "float16": "fp16",
-    "half": "fp16",
-    "bf16": "bf16",
-    "bfloat16": "bf16",
-    "auto": "auto",
-}
-DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+from gpt_simple_core.protocol import normalize_dtype
+
 MAX_SEED = 2**64 - 1
-
-
-def normalize_dtype(value: str) -> str:
-    """Canonical dtype name for any accepted alias (``bfloat16`` -> ``bf16``)."""
-    try:
-        return DTYPE_ALIASES[value.lower()]
-    except KeyError:
-        raise ValueError(
-            f"unknown dtype {value!r} (use fp32, fp16, bf16 or auto, or an alias: "
-            f"{', '.join(k for k in DTYPE_ALIASES if k not in ('fp32', 'fp16', 'bf16', 'auto'))})"
-        ) from None
 
 
 # Validators (attrs signature). They see only set values: None means "not said here".
@@ -62,8 +42,34 @@ def _token_ids(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
 
 
 def _dtype_converter(value: Any) -> Any:
-    """Normalise aliases on the way in; unknown names are left for the validator to report."""
-    return DTYPE_ALIASES.get(value.lower(), value) if isinstance(value, str) else value
+    """Normalise aliases on the way in; malformed names are left for the validator to report."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return normalize_dtype(value)
+    except ValueError:
+        return value
+
+
+@attrs.frozen
+class Options:
+    """A backend's options as one layer states them (``model.options``, a config table): the
+    raw JSON object, validated against the chosen backend's schema at plan time. Hashable, so
+    the planner can share work between records that state the same options."""
+
+    values: dict[str, Any] = attrs.field(eq=False, hash=False)
+    key: str = attrs.field(repr=False)
+    source: str | None = attrs.field(default=None, eq=False, hash=False)  # for messages
+
+    @classmethod
+    def of(cls, values: dict[str, Any], source: str | None = None) -> Options:
+        return cls(dict(values), json.dumps(values, sort_keys=True, default=repr), source)
+
+    def over(self, lower: Options | None) -> Options:
+        """These options over ``lower`` (key by key)."""
+        if lower is None:
+            return self
+        return Options.of({**lower.values, **self.values}, self.source or lower.source)
 
 
 @attrs.frozen(kw_only=True)
@@ -75,6 +81,7 @@ class ModelSpec:
     dtype: str | None = attrs.field(default=None, converter=_dtype_converter, validator=_dtype)
     tokenizer: str | None = None
     backend: str | None = None
+    options: Options | None = None
 
     @property
     def path(self) -> str | None:

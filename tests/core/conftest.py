@@ -1,38 +1,30 @@
-"""Fixtures of the core suite: no entry-point plugin loads, logs go to the current stderr,
-the working directory is a fresh temporary folder, and the toy backend is one fixture away."""
+"""Fixtures of the core suite: no entry-point plugin loads (only the gpt-simple-lm format plugin
+is registered, as an object), logs go to the current stderr, the working directory is a fresh
+temporary folder, and the toy backend is one fixture away."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import structlog
 
-from gpt_simple_core import logs, plugin_manager
+from gpt_simple_core import logs, registry
+from gpt_simple_lm_format import plugin as lm_format_plugin
+from tests.support import plugins
 from tests.support.toy_backend import ToyBackend, register_toy_plugin, write_toy_checkpoint
-
-
-class _CurrentStderr:
-    """Writes to whatever ``sys.stderr`` is now (pytest swaps it per test)."""
-
-    def write(self, text: str) -> int:
-        return sys.stderr.write(text)
-
-    def flush(self) -> None:
-        sys.stderr.flush()
 
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    monkeypatch.setenv(plugin_manager.PINS_ENV_VAR, "")
+    monkeypatch.setenv(registry.PINS_ENV_VAR, "")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     monkeypatch.chdir(tmp_path)
-    logs.configure()
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()))
-    plugin_manager.reset_plugin_manager()
+    logs.configure()  # to whatever sys.stderr is when a line is written (pytest swaps it)
+    plugins.reset()
+    plugins.add_plugin(lm_format_plugin)  # gpt-simple checkpoints, as installed
     yield
-    plugin_manager.reset_plugin_manager()
+    plugins.reset()
     structlog.reset_defaults()
 
 

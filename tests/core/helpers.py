@@ -7,13 +7,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 from tokenizers import Tokenizer as HF
 from tokenizers import models, pre_tokenizers
 
-from gpt_simple_core.hookspecs import hookimpl
-from gpt_simple_core.plugin_manager import get_plugin_manager
-from gpt_simple_core.protocol import AUTO, Backend
+from gpt_simple.plugins import AUTO, Backend, hookimpl
 from gpt_simple_core.records.schema import GenerationParams
+from gpt_simple_core.registry import Registry
 from tests.support.cli import (  # noqa: F401 - the core tests import them from here
     REPO_ROOT,
     cli,
@@ -39,8 +39,11 @@ class PlanOnlyBackend(Backend):
 
 
 class _BackendsPlugin:
-    def __init__(self, backends: Sequence[Backend]) -> None:
+    GPT_SIMPLE_PLUGIN_API = 1
+
+    def __init__(self, backends: Sequence[Backend], name: str) -> None:
         self.backends = backends
+        self.__name__ = name
 
     @hookimpl
     def gpt_simple_register_backends(self, register: Any) -> None:
@@ -48,9 +51,23 @@ class _BackendsPlugin:
             register(backend)
 
 
-def register_backends(*backends: Backend, name: str = "test-backends") -> None:
-    """Register backend instances as a plugin of the current plugin manager."""
-    get_plugin_manager().register(_BackendsPlugin(backends), name=name)
+def registry_of(*backends: Backend, errors: dict[str, str] | None = None) -> Registry:
+    """A registry holding exactly ``backends`` and the gpt-simple-lm format (no entry points)."""
+    from gpt_simple_lm_format import plugin as lm_format_plugin
+
+    registry = Registry.discover(
+        pins=(), extra_plugins=[lm_format_plugin, _BackendsPlugin(backends, "registry-of")]
+    )
+    if errors:
+        registry = attrs.evolve(registry, plugin_errors={**registry.plugin_errors, **errors})
+    return registry
+
+
+def register_backends(*backends: Backend, name: str = "test-backends") -> Registry:
+    """Register backend instances as a plugin of the test's registry (returned)."""
+    from tests.support.plugins import add_plugin
+
+    return add_plugin(_BackendsPlugin(backends, name))
 
 
 def generation_params(**overrides: Any) -> GenerationParams:

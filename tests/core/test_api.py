@@ -7,6 +7,7 @@ import pytest
 import gpt_simple
 from gpt_simple import (
     BackendError,
+    ConfigError,
     GenerationError,
     generate,
     generate_records,
@@ -145,10 +146,17 @@ def test_failures_raise_generation_error(tmp_path, toy, loaded):
 
 def test_bad_arguments(loaded):
     model, tokenizer, _ = loaded
-    with pytest.raises(ValueError, match="temperature: must be > 0"):
+    # input mistakes are GptSimpleErrors (ConfigError), each argument named
+    with pytest.raises(ConfigError, match="temperature: must be > 0"):
         generate(model, tokenizer, "abc", temperature=0)
-    with pytest.raises(ValueError, match="top_p: must be in"):
+    with pytest.raises(ConfigError, match="top_p: must be in"):
         generate(model, tokenizer, "abc", top_p=2.0)
+    with pytest.raises(ConfigError, match="max_new_tokens: must be >= 1"):
+        generate(model, tokenizer, "abc", max_new_tokens=0)
+    with pytest.raises(ConfigError, match=r"seed: must be in \[0, 2\*\*64\)"):
+        generate(model, tokenizer, "abc", seed=-1)
+    with pytest.raises(TypeError, match=r"generate\(\) got unexpected keyword.*top_kk \(did you"):
+        generate(model, tokenizer, "abc", top_kk=3)
     with pytest.raises(TypeError, match="prompt 1 is int"):
         generate(model, tokenizer, ["abc", 5])
     with pytest.raises(TypeError, match="is not a model gpt-simple can run"):

@@ -6,14 +6,17 @@ from __future__ import annotations
 import json
 from importlib.metadata import EntryPoint
 from pathlib import Path
+from types import MappingProxyType
 
+import pluggy
 import pytest
 
-from gpt_simple_core import plugin_manager
+from gpt_simple_core import registry as registry_module
 from gpt_simple_core.checkpoints.info import CheckpointInfo
-from gpt_simple_core.errors import BackendError
-from gpt_simple_core.plan.backend_choice import choose_backend
-from gpt_simple_core.protocol import EXPLICIT, LoadedModel, LoadRequest
+from gpt_simple_core.plan.backend_choice import Asked, choose_backend
+from gpt_simple_core.protocol import EXPLICIT, Format, LoadedModel, LoadRequest
+from gpt_simple_core.registry import Registry
+from gpt_simple_lm_format import plugin as lm_format_plugin
 from tests.core.helpers import PlanOnlyBackend, _BackendsPlugin, cli, register_backends, write_jsonl
 from tests.support.toy_backend import ToyBackend
 
@@ -46,8 +49,30 @@ TOY = CheckpointInfo(format="toy", path=Path("/x"), tokenizer=None)
 GPT = CheckpointInfo(format="gpt-simple", path=Path("/y"), tokenizer=None)
 
 
+GPT_FORMAT = Format(
+    "gpt-simple", "trainer checkpoints", "pip install 'gpt-simple-inference[torch]'"
+)
+
+
+def registry_of(backends=BACKENDS, errors=None, formats=(GPT_FORMAT,)) -> Registry:
+    """A registry holding exactly these backends (no plugin loading involved)."""
+    return Registry(
+        backends=MappingProxyType(dict(backends)),
+        exporters=MappingProxyType({}),
+        formats=MappingProxyType({f.name: f for f in formats}),
+        plugin_errors=MappingProxyType(errors or {}),
+        sources=MappingProxyType({}),
+        manager=pluggy.PluginManager("gpt_simple"),
+    )
+
+
 def choose(info=TOY, requested=None, backends=BACKENDS, errors=None, **request):
-    return choose_backend(info, requested, LoadRequest(**request), backends, errors or {})
+    registry = registry_of(backends, errors)
+    return choose_backend(info, requested, Asked(LoadRequest(**request)), registry)
+
+
+def messages(choice) -> tuple[str, ...]:
+    return tuple(p.message for p in choice.problems)
 
 
 def test_auto_choice_by_priority_skipping_refusals():
@@ -71,18 +96,20 @@ def test_auto_priority_ties_break_by_name():
 def test_nothing_accepts_the_request():
     choice = choose(dtype="bf16")
     assert choice.backend is None
-    assert "backend 'toy' cannot run dtype bf16 (it runs fp32, fp16)" in choice.problems
-    assert "backend 'toy-high' cannot run dtype bf16 (it runs fp32)" in choice.problems
+    assert "backend 'toy' cannot run dtype bf16 (it runs fp32, fp16)" in messages(choice)
+    assert "backend 'toy-high' cannot run dtype bf16 (it runs fp32)" in messages(choice)
+    assert {p.field for p in choice.problems} == {"model.dtype", "model.backend"}  # + needy
     choice = choose(device="cuda:1")
-    assert "backend 'toy' cannot run on cuda:1 (it runs on cpu)" in choice.problems
+    assert "backend 'toy' cannot run on cuda:1 (it runs on cpu)" in messages(choice)
+    assert choice.problems[-1].field == "--device"
 
 
 def test_missing_dependencies_message():
     choice = choose(requested="needy")
     assert choice.backend.name == "needy"
-    assert choice.problems == (
+    assert messages(choice) == (
         "backend 'needy' needs gpt_simple_no_such_module_xyz, which is not installed "
-        "(pip install 'gpt-simple-inference[needy]')",
+        "(pip install gpt_simple_no_such_module_xyz)",  # no distribution: the import names
     )
     assert Needy().missing_dependencies() == ["gpt_simple_no_such_module_xyz"]
     assert ToyBackend().missing_dependencies() == []
@@ -92,21 +119,21 @@ def test_explicit_choices():
     choice = choose(requested="exporter")
     assert (choice.backend.name, choice.because, choice.problems) == ("exporter", "requested", ())
     choice = choose(requested="nope")
-    assert choice.problems == (
+    assert messages(choice) == (
         "unknown backend 'nope' (installed: exporter, needy, toy, toy-high)",
     )
     choice = choose(requested="torch", errors={"torch": "ImportError: no torch"})
-    assert choice.problems == ("backend 'torch' failed to load: ImportError: no torch",)
+    assert messages(choice) == ("backend 'torch' failed to load: ImportError: no torch",)
     choice = choose(requested="toy", dtype="bf16")
-    assert choice.problems == ("backend 'toy' cannot run dtype bf16 (it runs fp32, fp16)",)
+    assert messages(choice) == ("backend 'toy' cannot run dtype bf16 (it runs fp32, fp16)",)
 
 
 def test_a_backend_that_cannot_run_the_format_says_what_would():
     backends = {**BACKENDS, "plan-only": PlanOnlyBackend()}
     choice = choose(GPT, requested="toy", backends=backends)
-    assert choice.problems == ("backend 'toy' cannot run gpt-simple checkpoints; use plan-only",)
+    assert messages(choice) == ("backend 'toy' cannot run gpt-simple checkpoints; use plan-only",)
     choice = choose(GPT, requested="toy")
-    assert choice.problems == (
+    assert messages(choice) == (
         "backend 'toy' cannot run gpt-simple checkpoints; no installed backend can",
     )
 
@@ -114,12 +141,12 @@ def test_a_backend_that_cannot_run_the_format_says_what_would():
 def test_formats_run_only_when_asked_and_install_hints():
     only_explicit = {"exporter": Exporter()}
     choice = choose(backends=only_explicit)
-    assert choice.problems == (
+    assert messages(choice) == (
         "no installed backend runs toy checkpoints automatically; name one that can with "
         "--backend / model.backend: exporter",
     )
-    choice = choose(GPT, backends={})
-    assert choice.problems == (
+    choice = choose(GPT, backends={})  # the hint comes from the format's own plugin
+    assert messages(choice) == (
         "no installed backend runs gpt-simple checkpoints automatically "
         "(pip install 'gpt-simple-inference[torch]')",
     )
@@ -139,54 +166,101 @@ def test_backend_problems_in_a_plan_point_at_the_record(tmp_path, toy_ckpt, caps
     )
     assert code == 2
     assert f"{source}:2: model.backend: unknown backend 'nope' (installed: toy)" in err
-    assert f"{source}:3: model.backend: backend 'toy' cannot run dtype bf16" in err
+    assert f"{source}:3: model.dtype: backend 'toy' cannot run dtype bf16" in err
     assert "[1] " in out  # the runnable group is still shown
 
 
 # Plugin loading -------------------------------------------------------------------------
-PLUGIN = _BackendsPlugin([HighToy()])
+PLUGIN = _BackendsPlugin([HighToy()], "good")
+
+
+class OldPlugin:
+    GPT_SIMPLE_PLUGIN_API = 0
+
+    @staticmethod
+    def gpt_simple_register_backends(register):  # never called: refused first
+        raise AssertionError("an incompatible plugin was asked to register")
+
+
+class UnversionedPlugin:
+    pass
+
+
+OLD = OldPlugin()
+UNVERSIONED = UnversionedPlugin()
 
 
 def fake_entry_points(monkeypatch, *points: tuple[str, str]) -> None:
     eps = [EntryPoint(name, value, "gpt_simple") for name, value in points]
-    monkeypatch.setattr(plugin_manager, "entry_points", lambda group: eps)
+    monkeypatch.setattr(registry_module, "entry_points", lambda group: eps)
 
 
 def test_entry_points_load_and_a_broken_one_is_reported_not_fatal(monkeypatch, capsys):
-    monkeypatch.delenv(plugin_manager.PINS_ENV_VAR)
     fake_entry_points(
         monkeypatch,
         ("good", "tests.core.test_backends:PLUGIN"),
         ("broken", "tests.core.no_such_module_here"),
     )
-    assert list(plugin_manager.get_backends()) == ["toy-high"]
-    assert "ModuleNotFoundError" in plugin_manager.plugin_errors["broken"]
-    assert "plugin failed to load" in capsys.readouterr().err
+    registry = Registry.discover(pins=None)
+    assert list(registry.backends) == ["toy-high"]
+    assert "ModuleNotFoundError" in registry.plugin_errors["broken"]
+    assert "plugin not loaded" in capsys.readouterr().err
 
 
-def test_pins_choose_which_entry_points_load(monkeypatch):
-    fake_entry_points(monkeypatch, ("good", "tests.core.test_backends:PLUGIN"))
-    monkeypatch.setenv(plugin_manager.PINS_ENV_VAR, "")
-    assert plugin_manager.get_backends() == {}
-    plugin_manager.reset_plugin_manager()
-    monkeypatch.setenv(plugin_manager.PINS_ENV_VAR, "good, missing")
-    assert list(plugin_manager.get_backends()) == ["toy-high"]
-    assert plugin_manager.plugin_errors == {
-        "missing": "named in GPT_SIMPLE_PLUGINS but not installed"
-    }
+def test_pins_choose_which_entry_points_load_with_what_they_require(monkeypatch):
+    fake_entry_points(
+        monkeypatch,
+        ("good", "tests.core.test_backends:PLUGIN"),
+        ("gpt-simple-lm", "gpt_simple_lm_format.plugin"),
+        ("torch", "gpt_simple_torch.plugin"),
+    )
+    monkeypatch.setenv(registry_module.PINS_ENV_VAR, "")
+    assert Registry.discover().backends == {}
+    monkeypatch.setenv(registry_module.PINS_ENV_VAR, "good, missing")
+    registry = Registry.discover()
+    assert list(registry.backends) == ["toy-high"]
+    assert registry.plugin_errors == {"missing": "named in GPT_SIMPLE_PLUGINS but not installed"}
+    # torch declares it needs the gpt-simple-lm format plugin: pinning torch loads both
+    monkeypatch.setenv(registry_module.PINS_ENV_VAR, "torch")
+    registry = Registry.discover()
+    assert sorted(registry.plugin_names()) == ["gpt-simple-lm", "torch"]
+    assert "gpt-simple" in registry.formats
 
 
-def test_two_backends_with_one_name_are_an_error():
+def test_a_plugin_for_another_plugin_api_is_reported_not_loaded(monkeypatch, capsys):
+    fake_entry_points(
+        monkeypatch,
+        ("old", "tests.core.test_backends:OLD"),
+        ("unversioned", "tests.core.test_backends:UNVERSIONED"),
+        ("good", "tests.core.test_backends:PLUGIN"),
+    )
+    registry = Registry.discover(pins=None)
+    assert list(registry.backends) == ["toy-high"]
+    assert registry.plugin_errors["old"].startswith("is written for plugin API 0; this ")
+    assert "provides plugin API 1" in registry.plugin_errors["old"]
+    assert registry.plugin_errors["unversioned"].startswith("declares no GPT_SIMPLE_PLUGIN_API")
+
+
+def test_two_backends_with_one_name_keep_the_first_and_report_the_second():
     register_backends(ToyBackend(), name="one")
-    register_backends(ToyBackend(), name="two")
-    with pytest.raises(BackendError, match="two plugins register a backend named 'toy'"):
-        plugin_manager.get_backends()
+    registry = register_backends(ToyBackend(), name="two")
+    assert list(registry.backends) == ["toy"]
+    assert registry.plugin_errors["two"] == (
+        "ValueError: registers a backend named 'toy', which plugin 'one' registered first"
+    )
 
 
-def test_registering_something_else_is_an_error():
-    register_backends(object())  # type: ignore[arg-type]
-    with pytest.raises(BackendError, match="which is not a Backend"):
-        plugin_manager.get_backends()
+def test_registering_something_else_is_reported():
+    registry = register_backends(object())  # type: ignore[arg-type]
+    assert "which is not a Backend" in registry.plugin_errors["test-backends"]
+
+
+def test_the_registry_is_immutable():
+    registry = Registry.discover(pins=(), extra_plugins=[lm_format_plugin])
+    with pytest.raises(TypeError):
+        registry.backends["x"] = ToyBackend()  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        registry.backends = {}  # type: ignore[misc]
 
 
 # `gpt-simple backends` ---------------------------------------------------------------------
@@ -198,34 +272,45 @@ def test_backends_command_lists_the_toy_backend(toy, capsys):
     by_name = {b["name"]: b for b in data["backends"]}
     assert by_name["toy"] == {
         "name": "toy",
-        "package": "tests",  # not installed from a distribution: the import package
+        "package": "tests.support.toy_backend",  # not from a distribution: the module
         "version": None,
         "formats": {"toy": "auto"},
         "priority": 0,
         "dtypes": ["fp32", "fp16"],
         "devices": ["cpu"],
+        "context_overflow": ["extrapolate"],
+        "options": None,
         "dependencies": "ok",
     }
-    assert by_name["needy"]["dependencies"] == "missing: gpt_simple_no_such_module_xyz"
+    assert by_name["needy"]["dependencies"] == (
+        "missing: gpt_simple_no_such_module_xyz (pip install gpt_simple_no_such_module_xyz)"
+    )
+    assert data["plugin_api"] == 1
+    assert "gpt-simple" in data["formats"]
     assert by_name["exporter"]["providers"] == ["CPUExecutionProvider"]
     assert by_name["exporter"]["formats"] == {"toy": "explicit"}
     code, out, _ = cli(capsys, "backends")
     assert code == 0
-    assert "toy: tests\n  formats: toy (auto); priority 0\n" in out
-    assert "  dtypes: fp32, fp16; devices: cpu\n  dependencies: ok\n" in out
+    assert "toy: tests.support.toy_backend\n  formats: toy (auto); priority 0\n" in out
+    assert "  dtypes: fp32, fp16; devices: cpu\n  context overflow: extrapolate\n" in out
     assert "  dependencies: missing: gpt_simple_no_such_module_xyz" in out
     assert "  providers: ['CPUExecutionProvider']" in out
 
 
 def test_backends_command_shows_plugin_errors_and_empty_installs(monkeypatch, capsys):
-    monkeypatch.setenv(plugin_manager.PINS_ENV_VAR, "ghost")
+    monkeypatch.setenv(registry_module.PINS_ENV_VAR, "ghost")
+    from tests.support import plugins
+
+    plugins.reset()
     code, out, _ = cli(capsys, "backends")
     assert code == 0
-    assert "no backends installed (pip install 'gpt-simple-inference[torch]')" in out
+    assert "no backends installed (pip install -c constraints.txt '.[torch]'" in out
     assert "ghost: failed to load: named in GPT_SIMPLE_PLUGINS but not installed" in out
     code, out, _ = cli(capsys, "backends", "--json")
     assert json.loads(out) == {
+        "plugin_api": 1,
         "backends": [],
+        "formats": {},
         "plugin_errors": {"ghost": "named in GPT_SIMPLE_PLUGINS but not installed"},
     }
 

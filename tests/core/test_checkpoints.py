@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from gpt_simple import ValidatedCheckpoint, validate_checkpoint
-from gpt_simple_core.checkpoints.gpt_simple_layout import select_checkpoint
-from gpt_simple_core.checkpoints.model_config import ModelConfig
-from gpt_simple_core.checkpoints.resolve import expand_path, resolve_checkpoint
+from gpt_simple_core.checkpoints.resolve import expand_path
 from gpt_simple_core.errors import CheckpointError, TokenizerError
+from gpt_simple_lm_format.config import ModelConfig
+from gpt_simple_lm_format.layout import select_checkpoint
 from tests.core.helpers import cli
 from tests.support.checkpoints import (
     random_state_dict,
@@ -23,6 +23,7 @@ from tests.support.checkpoints import (
     write_run_dir,
     write_tokenizer,
 )
+from tests.support.plugins import resolve_checkpoint
 
 
 def add_checkpoint(run: Path, name: str, step: int | None = None, **kwargs) -> Path:
@@ -138,7 +139,7 @@ def test_a_checkpoint_directory_is_taken_as_is(tmp_path):
 
 def test_neither_kind_of_folder(tmp_path):
     (tmp_path / "plain").mkdir()
-    with pytest.raises(CheckpointError, match="neither a checkpoint directory"):
+    with pytest.raises(CheckpointError, match="not a checkpoint any installed format plugin"):
         resolve_checkpoint(str(tmp_path / "plain"))
     with pytest.raises(CheckpointError, match="no such file or directory"):
         resolve_checkpoint(str(tmp_path / "missing"))

@@ -329,7 +329,7 @@ def test_exit_codes_are_documented_in_help(capsys, command):
     ("argv", "expected"),
     [
         (["batch-generate"], "the following arguments are required: --input"),
-        (["batch-generate", "--input", "x", "--dtype", "fp8"], "unknown dtype 'fp8'"),
+        (["batch-generate", "--input", "x", "--dtype", "fp 8"], "malformed dtype 'fp 8'"),
         (["batch-generate", "--input", "x", "--plan-format", "xml"], "invalid choice: 'xml'"),
         (["batch-generate", "--input", "x", "--top-k", "many"], "invalid int value: 'many'"),
         (["batch-generate", "--input", "."], "input file . does not exist"),
@@ -339,7 +339,7 @@ def test_exit_codes_are_documented_in_help(capsys, command):
         (["generate", "--prompt", "a", "--checkpoint", "m", "--tokenizer", "t"], "tokenizer t:"),
         (["generate", "--prompt", "a", "--checkpoint", "m", "--backend", "x"], "unknown backend"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
-        (["validate", "."], "is neither a checkpoint directory"),
+        (["validate", "."], "is not a checkpoint any installed format plugin recognises"),
     ],
 )
 def test_bad_input_exits_2_without_a_traceback(tmp_path, toy, capsys, argv, expected):

@@ -442,7 +442,7 @@ def test_scheduler_chunks_long_prompts_under_the_token_budget():
     model = ToyModel({"script": "abcd"}, LoadRequest())
     done = []
     planned = [
-        PlannedRecord(
+        PlannedRecord.from_params(
             Record(i, i + 1, p, {"prompt": p}), generation_params(max_new_tokens=2, seed=i)
         )
         for i, p in enumerate(["abcdefghij", "xy"])

@@ -8,15 +8,22 @@ import time
 import attrs
 import pytest
 
-from gpt_simple_core.checkpoints.resolve import resolve_checkpoint
 from gpt_simple_core.plan.model import PLAN_VERSION, Plan, plan_from_json, plan_to_json
 from gpt_simple_core.plan.planner import Planner
 from gpt_simple_core.plan.render import render_text
 from gpt_simple_core.records.parse import parse_lines, read_jsonl
 from gpt_simple_core.records.seeds import derive_seed
 from gpt_simple_core.settings import RunOptions, Settings
-from tests.core.helpers import PlanOnlyBackend, cli, register_backends, word_tokenizer, write_jsonl
+from tests.core.helpers import (
+    PlanOnlyBackend,
+    cli,
+    register_backends,
+    registry_of,
+    word_tokenizer,
+    write_jsonl,
+)
 from tests.support.checkpoints import small_config, write_checkpoint, write_run_dir, write_tokenizer
+from tests.support.plugins import resolve_checkpoint
 
 GROUP_KEYS = {
     "checkpoint",
@@ -35,12 +42,7 @@ GROUP_KEYS = {
 
 def make_plan(lines, settings: Settings | None = None, source: str = "in.jsonl"):
     records, problems = parse_lines([json.dumps(x) if isinstance(x, dict) else x for x in lines])
-    planner = Planner(
-        settings or Settings(),
-        source=source,
-        backends={"plan-only": PlanOnlyBackend()},
-        plugin_errors={},
-    )
+    planner = Planner(settings or Settings(), registry_of(PlanOnlyBackend()), source=source)
     return planner.plan(records, problems)
 
 
@@ -323,9 +325,7 @@ def test_100k_records_over_10_checkpoints_plan_in_seconds(tmp_path):
     started = time.perf_counter()
     records, problems = read_jsonl(source)
     parsed = time.perf_counter()
-    planner = Planner(
-        Settings(), source=str(source), backends={"plan-only": PlanOnlyBackend()}, plugin_errors={}
-    )
+    planner = Planner(Settings(), registry_of(PlanOnlyBackend()), source=str(source))
     planned = planner.plan(records, problems)
     planned_at = time.perf_counter()
     text = json.dumps(plan_to_json(planned.plan))

@@ -41,7 +41,7 @@ BAD_FILE = [
     {"prompt": "x", "generation": {"greedy": True, "do_sample": True}},  # 17
     {"prompt": "x", "model": {"dtype": "fp16"}, "generation": {"dtype": "bf16"}},  # 18
     {"prompt": "x", "generation": {"temperature": None, "top_k": None}},  # 19
-    {"prompt": "x", "model": {"dtype": "fp8"}},  # 20
+    {"prompt": "x", "model": {"dtype": "fp 8"}},  # 20: malformed (any well-formed name parses)
     {"prompt": "x", "model": None},  # 21
     {"prompt": "x", "generation": {"seed": None}},  # 22: a null seed is fine
     "",  # 23: blank lines are skipped
@@ -76,7 +76,7 @@ EXPECTED = [
     (18, "generation.dtype", "bf16 conflicts with model.dtype fp16"),
     (19, "generation.temperature", "must not be null"),
     (19, "generation.top_k", "must not be null (use 0 to disable top-k)"),
-    (20, "model.dtype", "unknown dtype 'fp8'"),
+    (20, "model.dtype", "malformed dtype 'fp 8'"),
     (21, "model", "must be an object, got null"),
     (24, "generation.stop", "must be a string or a list of strings; item 1 is 3"),
     (24, "generation.stop_token_ids", "must be a list of integers; item 1 is true"),

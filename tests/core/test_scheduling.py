@@ -13,7 +13,7 @@ import pytest
 from gpt_simple_core.engine import capacity
 from gpt_simple_core.engine.capacity import plan_capacity
 from gpt_simple_core.engine.scheduler import WINDOW_FACTOR, GroupScheduler, choose_admissions
-from gpt_simple_core.engine.sequence import Sequence
+from gpt_simple_core.engine.token_sequence import TokenSequence
 from gpt_simple_core.plan.planner import PlannedRecord
 from gpt_simple_core.protocol import LoadRequest
 from gpt_simple_core.records.parse import Record
@@ -36,7 +36,7 @@ def planned_records(count: int, seed: int = 0) -> list[PlannedRecord]:
             greedy=rng.random() < 0.2,
             repetition_penalty=rng.choice([1.0, 1.0, 1.2]),
         )
-        out.append(PlannedRecord(Record(i, i + 1, prompt, {"prompt": prompt}), params))
+        out.append(PlannedRecord.from_params(Record(i, i + 1, prompt, {"prompt": prompt}), params))
     return out
 
 
@@ -63,19 +63,19 @@ class Run:
             on_error=lambda r, e: pytest.fail(f"record {r.record.index}: {e}"),
             **options,
         )
-        original = Sequence.__init__
+        original = TokenSequence.__init__
 
-        def spy(seq: Sequence, planned: PlannedRecord, *args) -> None:
+        def spy(seq: TokenSequence, planned: PlannedRecord, *args) -> None:
             self.admitted.append(planned.record.index)
             original(seq, planned, *args)
 
-        Sequence.__init__ = spy  # type: ignore[method-assign]
+        TokenSequence.__init__ = spy  # type: ignore[method-assign]
         try:
             self.scheduler.run(records)
         finally:
-            Sequence.__init__ = original  # type: ignore[method-assign]
+            TokenSequence.__init__ = original  # type: ignore[method-assign]
 
-    def _done(self, seq: Sequence) -> None:
+    def _done(self, seq: TokenSequence) -> None:
         self.done[seq.index] = seq.text()
 
 

@@ -13,8 +13,8 @@ import random
 
 import pytest
 
-from gpt_simple_core.checkpoints.hf_tokenizer import HFTokenizer
-from gpt_simple_core.engine.sequence import StopStrings
+from gpt_simple_core.engine.token_sequence import StopStrings
+from gpt_simple_lm_format.tokenizer import HFTokenizer
 from tests.core.helpers import word_tokenizer
 from tests.support.checkpoints import write_tokenizer
 

@@ -106,7 +106,7 @@ def test_a_foreign_or_broken_pyproject_is_ignored(tmp_path):
         ("[generation]\ntemperature = 0\n", "gpt-simple.toml: generation.temperature: must be > 0"),
         ("[generation]\ntemprature = 1.0\n", "generation.temprature: unknown key (did you mean"),
         ("batchsize = 2\n", "gpt-simple.toml: batchsize: unknown key (did you mean 'batch_size'?)"),
-        ("device = 'tpu'\n", "device: must be auto, cpu, cuda, cuda:N or mps"),
+        ("device = 'tpu:x'\n", "device: malformed device 'tpu:x' (auto, or KIND[:N]"),
         ("threads = 0\n", "threads: must be >= 1, got 0"),
         ("context_overflow = 'wrap'\n", "context_overflow: must be one of extrapolate, truncate"),
         ("[model]\ncheckpoint = 'a'\noutput_dir = 'b'\n", "model.output_dir: give checkpoint"),
@@ -151,7 +151,7 @@ def test_missing_explicit_config_is_an_error(tmp_path, toy_ckpt, capsys):
         (["--top-k", "-2"], "--top-k: must be >= 0"),
         (["--max-new-tokens", "0"], "--max-new-tokens: must be >= 1"),
         (["--batch-size", "0"], "--batch-size: must be >= 1"),
-        (["--device", "gpu"], "--device: must be auto, cpu, cuda, cuda:N or mps"),
+        (["--device", "gpu:one"], "--device: malformed device 'gpu:one' (auto, or KIND[:N]"),
         (["--stop", ""], "--stop: stop strings must not be empty"),
     ],
 )

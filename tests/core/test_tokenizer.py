@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpt_simple_core.checkpoints.hf_tokenizer import HFTokenizer
 from gpt_simple_core.engine.sampler import forbidden_mask
 from gpt_simple_core.errors import TokenizerError
 from gpt_simple_core.protocol import Tokenizer
+from gpt_simple_lm_format.tokenizer import HFTokenizer
 from tests.core.helpers import word_tokenizer
 from tests.support.checkpoints import tokenizer_vocab_size, write_tokenizer
 

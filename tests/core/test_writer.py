@@ -204,7 +204,7 @@ def test_sigterm_exits_143_and_keeps_the_spool(tmp_path, interleaved):
     assert proc.returncode == 143, err
     events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     names = [e.get("event", "") for e in events]
-    assert any("terminated (SIGTERM)" in n for n in names)
+    assert any("stopped (SIGTERM)" in n for n in names)
     kept = [e for e in events if "run ended early" in e.get("event", "")]
     assert kept and tmp_path / kept[0]["spool"] == tmp_path / "out.jsonl.spool.jsonl"
     assert (tmp_path / "out.jsonl.spool.jsonl").exists()

@@ -13,14 +13,15 @@ import pluggy
 import pytest
 
 from gpt_simple_core import hookspecs
-from gpt_simple_core.checkpoints import gpt_simple_layout
 from gpt_simple_core.checkpoints.info import CheckpointInfo
 from gpt_simple_core.errors import CheckpointError, TokenizerError
 from gpt_simple_core.protocol import Backend, LoadRequest
+from gpt_simple_lm_format import plugin as lm_format_plugin
 from gpt_simple_native import plugin
 from gpt_simple_native.plugin import NativeBackend, NativeModel, inspect
 from tests.native.hipgpt_writer import character_tokens, random_model, write_tokenizer
 from tests.support.checkpoints import write_checkpoint, write_run_dir
+from tests.support.plugins import preflight_of
 
 FIXTURE_CONFIG = {"V": 1000, "S": 32, "E": 128, "L": 2, "H": 4, "F": 256}
 
@@ -171,7 +172,7 @@ def test_gpt_simple_layouts_are_left_to_the_core(tmp_path: Path) -> None:
         assert inspect(path, None, True) is None
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
-    manager.register(gpt_simple_layout)
+    manager.register(lm_format_plugin)
     manager.register(plugin)  # registered last, so asked first
     claimed = manager.hook.gpt_simple_inspect_checkpoint(
         path=run, tokenizer=None, load_tokenizer=False
@@ -218,7 +219,7 @@ def test_registration() -> None:
     [LoadRequest(), LoadRequest(dtype="fp32", device="cpu"), LoadRequest(threads=1)],
 )
 def test_preflight_accepts_fp32_on_cpu(fixture_info: CheckpointInfo, request_: LoadRequest) -> None:
-    assert NativeBackend().preflight(fixture_info, request_).problems == ()
+    assert preflight_of(NativeBackend(), fixture_info, request_).problems == ()
 
 
 @pytest.mark.parametrize(
@@ -228,23 +229,25 @@ def test_preflight_accepts_fp32_on_cpu(fixture_info: CheckpointInfo, request_: L
         (LoadRequest(dtype="bf16"), ("bf16", "float32", "fp32 or auto")),
         (LoadRequest(device="cuda:0"), ("cuda:0", "CPU", "cpu or auto")),
         (LoadRequest(device="mps"), ("mps", "CPU", "cpu or auto")),
+        (LoadRequest(device="vulkan:1"), ("vulkan:1", "CPU", "cpu or auto")),
     ],
 )
 def test_preflight_explains_refusals(
     fixture_info: CheckpointInfo, request_: LoadRequest, fragments: tuple[str, ...]
 ) -> None:
-    [problem] = NativeBackend().preflight(fixture_info, request_).problems
+    [problem] = preflight_of(NativeBackend(), fixture_info, request_).problems
     for fragment in fragments:
-        assert fragment in problem
+        assert fragment in problem.message
 
 
 def test_preflight_warns_that_context_overflow_does_not_apply(
     fixture_info: CheckpointInfo,
 ) -> None:
-    request = LoadRequest(options={"context_overflow": "extrapolate"})
-    result = NativeBackend().preflight(fixture_info, request)
+    request = LoadRequest(context_overflow="extrapolate")
+    result = preflight_of(NativeBackend(), fixture_info, request)
     assert result.problems == ()
-    assert "last 32 tokens" in result.warnings[0]
+    assert "context_overflow=extrapolate is ignored" in result.warnings[0]
+    assert "fixed window of the last tokens" in result.warnings[0]
 
 
 def test_load(fixture_info: CheckpointInfo) -> None:

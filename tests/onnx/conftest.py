@@ -15,15 +15,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt_simple_core import logs, plugin_manager
-from gpt_simple_core.checkpoints import gpt_simple_layout
+from gpt_simple_core import logs, registry
 from gpt_simple_core.checkpoints.info import CheckpointInfo
 from gpt_simple_core.protocol import ExportOptions
+from gpt_simple_lm_format import layout as gpt_simple_layout
 from gpt_simple_onnx import layout
 from gpt_simple_onnx import plugin as onnx_plugin
 from gpt_simple_onnx.cache import CACHE_ENV
 from gpt_simple_onnx.export import export_checkpoint
 from tests.onnx.helpers import ARCHITECTURES, EXTERNAL_DATA
+from tests.support import plugins
 from tests.support.checkpoints import (
     PEAKED_SCALE,
     random_state_dict,
@@ -46,13 +47,13 @@ def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(autouse=True)
 def _plugins(monkeypatch: pytest.MonkeyPatch, cache_root: Path) -> Iterator[None]:
-    monkeypatch.setenv(plugin_manager.PINS_ENV_VAR, "torch")
+    monkeypatch.setenv(registry.PINS_ENV_VAR, "torch")
     monkeypatch.setenv(CACHE_ENV, str(cache_root))
     logs.configure()  # structlog writes to this test's stderr
-    plugin_manager.reset_plugin_manager()
-    plugin_manager.get_plugin_manager().register(onnx_plugin, name="onnx")
+    plugins.reset()
+    plugins.add_plugin(onnx_plugin)
     yield
-    plugin_manager.reset_plugin_manager()
+    plugins.reset()
 
 
 @pytest.fixture(scope="session")

@@ -86,8 +86,9 @@ def test_the_first_run_exports_and_the_second_finds_the_cache(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     info = checkpoints[ON_DEMAND]
-    (before,) = on_demand["preflight"].warnings
-    assert before.startswith("export needed (cache: ") and str(cache_root) in before
+    (before,) = on_demand["preflight"].notes
+    assert before.startswith("ONNX export: none cached yet, the run exports this checkpoint")
+    assert str(cache_root) in before
     first, entry = on_demand["model"], on_demand["entry"]
     assert first.notes["export_cache"] == "exported"
     assert entry.parent == cache_root / "onnx" and entry.name.startswith(
@@ -99,7 +100,7 @@ def test_the_first_run_exports_and_the_second_finds_the_cache(
 
     spy = ExportSpy(monkeypatch)
     backend = OnnxBackend()  # the cache from $GPT_SIMPLE_CACHE, as a new run would
-    assert backend.preflight(info, CPU).warnings == (f"cached ({entry})",)
+    assert backend.preflight(info, CPU).notes == (f"ONNX export: cached ({entry})",)
     second = backend.load(info, CPU)
     assert spy.calls == [] and second.notes["export_cache"] == "cached"
     assert Path(second.notes["export"]) == entry and entry.stat().st_mtime_ns == on_demand["mtime"]
@@ -140,7 +141,7 @@ def test_the_content_hash_is_remembered_by_path_size_and_mtime(tmp_path: Path) -
 
 KILLED_EXPORT = """
 import sys
-from gpt_simple_core.checkpoints import gpt_simple_layout
+from gpt_simple_lm_format import layout as gpt_simple_layout
 from gpt_simple_onnx.plugin import OnnxBackend
 info = gpt_simple_layout.inspect(__import__("pathlib").Path(sys.argv[1]), None, True)
 OnnxBackend().cached_export(info, "fp32")
@@ -180,7 +181,7 @@ def test_a_killed_export_is_not_a_cache_entry(
     assert temp.name.startswith(TEMP_PREFIX) and not (temp / layout.MANIFEST_FILE).exists()
     key = key_for(info.weights, dtype="fp32", root=cache.root)
     assert cache.find(key) is None and cache.find(key, any_versions=True) is None
-    assert OnnxBackend(cache).preflight(info, CPU).warnings[0].startswith("export needed")
+    assert OnnxBackend(cache).preflight(info, CPU).notes[0].startswith("ONNX export: none cached")
 
     spy = ExportSpy(monkeypatch, fake=fake_export_from(exported("mqa-relu").path))
     folder, origin = OnnxBackend(cache).cached_export(info, "fp32")
@@ -275,9 +276,10 @@ def test_the_dry_run_says_export_needed_or_cached_and_never_exports(
     entries = sorted(cache_root.joinpath("onnx").iterdir())
     code, plan, _ = cli(capsys, "batch-generate", "--input", str(source), "--dry-run")
     assert code == 0
-    assert f"warning: cached ({on_demand['entry']})" in plan
+    assert f"note: ONNX export: cached ({on_demand['entry']})" in plan
     fresh_entry = ONNXCache().entry(key_for(fresh.weights, dtype="fp32"))
-    assert f"warning: export needed (cache: {fresh_entry})" in plan
+    assert "note: ONNX export: none cached yet, the run exports this checkpoint first " in plan
+    assert f"(into {fresh_entry})" in plan
     assert spy.calls == [] and sorted(cache_root.joinpath("onnx").iterdir()) == entries
 
 

@@ -11,13 +11,13 @@ import numpy as np
 import onnx
 import pytest
 
-from gpt_simple_core.checkpoints import gpt_simple_layout
 from gpt_simple_core.checkpoints.info import CheckpointInfo
-from gpt_simple_core.checkpoints.resolve import resolve_checkpoint
+from gpt_simple_lm_format import plugin as lm_format_plugin
 from gpt_simple_onnx.export import DRIFT_PROMPTS
 from tests.onnx.conftest import Exported
 from tests.onnx.helpers import onnx_model, torch_model
 from tests.support.cli import cli
+from tests.support.plugins import resolve_checkpoint
 
 pytestmark = pytest.mark.onnx
 
@@ -47,7 +47,7 @@ def test_folder_layout_and_manifest(
         "tokenizer",
     ]
     assert not (folder / "model" / "config.json").exists()  # never looks like a checkpoint
-    assert gpt_simple_layout.gpt_simple_inspect_checkpoint(folder, None, True) is None
+    assert lm_format_plugin.gpt_simple_inspect_checkpoint(folder, None, True) is None
     manifest = json.loads((folder / "manifest.json").read_text())
     assert (manifest["format"], manifest["format_version"]) == ("gpt-simple-onnx", 1)
     weights_hash = hashlib.sha256(source.weights.read_bytes()).hexdigest()

@@ -5,36 +5,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import REPO_ROOT
+from tests.plugin_template.conftest import run as _run
 
-PLUGIN = REPO_ROOT / "plugins" / "gpt-simple-bigram"
 TEXT = "the cat sat on the mat. the dog sat on the log. " * 20
-
-
-def _run(*args: str | Path, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(a) for a in args], capture_output=True, text=True, check=False, **kwargs
-    )
-
-
-@pytest.fixture(scope="module")
-def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("fresh-venv")
-    created = _run(sys.executable, "-m", "venv", root / "venv")
-    assert created.returncode == 0, created.stderr
-    pip = root / "venv" / "bin" / "pip"
-    installed = _run(
-        pip, "install", "--quiet", "-c", REPO_ROOT / "constraints.txt", REPO_ROOT, PLUGIN
-    )
-    assert installed.returncode == 0, installed.stderr[-3000:]
-    return root / "venv"
 
 
 def test_template_is_listed_by_backends(venv: Path) -> None:
@@ -45,6 +22,13 @@ def test_template_is_listed_by_backends(venv: Path) -> None:
     assert listed["bigram"]["version"] == "0.1.0"
     assert listed["bigram"]["formats"] == {"bigram": "auto"}
     assert listed["bigram"]["dependencies"] == "ok"
+
+
+def test_template_uses_only_the_public_plugin_api() -> None:
+    source = REPO_ROOT / "plugins" / "gpt-simple-bigram" / "src" / "gpt_simple_bigram"
+    for module in source.glob("*.py"):
+        text = module.read_text(encoding="utf-8")
+        assert "gpt_simple_core" not in text, f"{module.name} imports core internals"
 
 
 def test_template_runs_a_record(venv: Path, tmp_path: Path) -> None:

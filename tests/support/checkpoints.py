@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from gpt_simple_core.checkpoints.model_config import ModelConfig
+from gpt_simple_lm_format.config import ModelConfig
 
 TRAINING_TEXT = (
     "The assert statement is a convenient way to insert debugging assertions into a program. "

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from gpt_simple_core.cli.main import main
+from tests.support.plugins import current
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,10 +31,11 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """Run ``gpt-simple ARGV`` in this process: (exit status, stdout, stderr)."""
+    """Run ``gpt-simple ARGV`` in this process, with the test's plugins (exit status, stdout,
+    stderr)."""
     capsys.readouterr()
     try:
-        code = main(list(argv))
+        code = main(list(argv), registry=current())
     except SystemExit as exc:  # argparse
         code = exc.code if isinstance(exc.code, int) else 1
     out, err = capsys.readouterr()

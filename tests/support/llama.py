@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from gpt_simple_core.checkpoints.model_config import ModelConfig
+from gpt_simple_lm_format.config import ModelConfig
 
 LLAMA_NAMES = {
     "ln_1": "input_layernorm",

@@ -128,7 +128,7 @@ def assert_same_or_near_tie(
 # Through the core's scheduler ----------------------------------------------------------
 def planned(prompts: Sequence[str], params: Sequence[GenerationParams]) -> list[PlannedRecord]:
     return [
-        PlannedRecord(Record(i, i + 1, prompt, {"prompt": prompt}), p)
+        PlannedRecord.from_params(Record(i, i + 1, prompt, {"prompt": prompt}), p)
         for i, (prompt, p) in enumerate(zip(prompts, params, strict=True))
     ]
 

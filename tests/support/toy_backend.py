@@ -21,14 +21,14 @@ from typing import Any
 import attrs
 import numpy as np
 
-from gpt_simple_core.checkpoints.info import CheckpointInfo
-from gpt_simple_core.hookspecs import hookimpl
-from gpt_simple_core.protocol import (
+from gpt_simple.plugins import (
     AUTO,
     OVERFLOW_EXTRAPOLATE,
     Backend,
+    CheckpointInfo,
     LoadedModel,
     LoadRequest,
+    hookimpl,
 )
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz .,!?"
@@ -143,7 +143,7 @@ class ToyBackend(Backend):
         return attrs.evolve(
             request,
             dtype="fp32" if request.dtype == AUTO else request.dtype,
-            device="cpu" if request.device == AUTO else request.device,
+            device="cpu" if request.device.is_auto else request.device,
         )
 
     def load(self, checkpoint: CheckpointInfo, request: LoadRequest) -> ToyModel:
@@ -155,7 +155,9 @@ class ToyBackend(Backend):
 
 
 class ToyPlugin:
-    """Register with ``plugin_manager.get_plugin_manager().register(ToyPlugin())``."""
+    """The toy format and backend, as a plugin object (:func:`register_toy_plugin`)."""
+
+    GPT_SIMPLE_PLUGIN_API = 1
 
     @hookimpl
     def gpt_simple_register_backends(self, register: Any) -> None:
@@ -181,9 +183,11 @@ class ToyPlugin:
         )
 
 
-def register_toy_plugin() -> None:
-    from gpt_simple_core.plugin_manager import get_plugin_manager
+TOY_PLUGIN = ToyPlugin()
 
-    manager = get_plugin_manager()
-    if not manager.has_plugin("toy"):
-        manager.register(ToyPlugin(), name="toy")
+
+def register_toy_plugin() -> None:
+    """Add the toy plugin to the test's registry (:mod:`tests.support.plugins`)."""
+    from tests.support.plugins import add_plugin
+
+    add_plugin(TOY_PLUGIN)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt_simple_core.checkpoints.hf_tokenizer import HFTokenizer
+from gpt_simple_lm_format.tokenizer import HFTokenizer
 from tests.support.checkpoints import small_config, write_tokenizer
 
 

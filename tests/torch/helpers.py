@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from gpt_simple_core.checkpoints.model_config import ModelConfig
+from gpt_simple_lm_format.config import ModelConfig
 from gpt_simple_torch.model import GPT
 from tests.support.checkpoints import PEAKED_SCALE as WEIGHT_SCALE
 from tests.support.checkpoints import random_state_dict

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from gpt_simple_core.checkpoints import gpt_simple_layout
 from gpt_simple_core.protocol import LoadRequest
+from gpt_simple_lm_format import layout as gpt_simple_layout
 from gpt_simple_torch.plugin import TorchBackend
 from tests.conftest import REPO_ROOT
 from tests.support.near_ties import greedy

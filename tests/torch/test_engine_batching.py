@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpt_simple_core.checkpoints.hf_tokenizer import HFTokenizer
 from gpt_simple_core.records.schema import GenerationParams
+from gpt_simple_lm_format.tokenizer import HFTokenizer
 from gpt_simple_torch.plugin import TorchModel
 from tests.support.checkpoints import TRAINING_TEXT
 from tests.support.near_ties import explain_divergence, planned, run_tokens

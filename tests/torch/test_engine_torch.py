@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gpt_simple_core.checkpoints.hf_tokenizer import HFTokenizer
 from gpt_simple_core.records.schema import GenerationParams
+from gpt_simple_lm_format.tokenizer import HFTokenizer
 from gpt_simple_torch.plugin import TorchModel
 from tests.support.checkpoints import TRAINING_TEXT, small_config, write_run_dir, write_tokenizer
 from tests.support.cli import subprocess_env, write_jsonl

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from gpt_simple_core.checkpoints.model_config import ModelConfig
 from gpt_simple_core.errors import CheckpointError
+from gpt_simple_lm_format.config import ModelConfig
 from gpt_simple_torch.loading import load_model, read_state_dict, store_matrices_transposed
 from tests.conftest import REPO_ROOT
 from tests.support.checkpoints import random_state_dict, small_config, write_checkpoint
@@ -142,7 +142,7 @@ PEAK_SCRIPT = """
 import json, sys
 from pathlib import Path
 import torch
-from gpt_simple_core.checkpoints.model_config import ModelConfig
+from gpt_simple_lm_format.config import ModelConfig
 from gpt_simple_torch.loading import load_model, store_matrices_transposed
 
 def status(key):

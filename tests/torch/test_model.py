@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from gpt_simple_core.checkpoints.model_config import ModelConfig
+from gpt_simple_lm_format.config import ModelConfig
 from gpt_simple_torch.model import GPT
 from tests.support.checkpoints import small_config
 from tests.support.llama import llama_config_kwargs, llama_state_dict

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from gpt_simple_core.checkpoints import gpt_simple_layout
 from gpt_simple_core.checkpoints.info import CheckpointInfo
-from gpt_simple_core.errors import BackendError
 from gpt_simple_core.protocol import OVERFLOW_TRUNCATE, LoadRequest, Preflight
+from gpt_simple_lm_format import layout as gpt_simple_layout
 from gpt_simple_torch import plugin
 from gpt_simple_torch.plugin import TorchBackend, TorchModel, default_threads, usable_cpus
 from tests.conftest import REPO_ROOT
 from tests.support.checkpoints import write_checkpoint
+from tests.support.plugins import preflight_of
 from tests.torch.helpers import full_logits
 
 pytestmark = pytest.mark.torch
@@ -40,19 +40,47 @@ def test_registers_one_torch_backend() -> None:
     assert backend.missing_dependencies() == []
 
 
-def test_preflight(checkpoint: CheckpointInfo) -> None:
+CPU_BUILD = {"__version__": "2.13.0+cpu", "cuda": None, "hip": None}
+CUDA_BUILD = {"__version__": "2.13.0+cu130", "cuda": "13.0", "hip": None}
+
+
+def test_the_torch_build_is_read_without_importing_torch() -> None:
+    build = plugin.torch_build()
+    assert build["__version__"] == torch.__version__
+    assert build["cuda"] == torch.version.cuda
+
+
+def test_preflight_on_a_cpu_only_torch(
+    checkpoint: CheckpointInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(plugin, "torch_build", lambda: CPU_BUILD)
     backend = TorchBackend()
-    assert backend.preflight(checkpoint, LoadRequest()).problems == ()
-    assert backend.preflight(checkpoint, LoadRequest(dtype="fp16", device="cuda")) == Preflight()
-    (warning,) = backend.preflight(checkpoint, LoadRequest(dtype="fp16")).warnings
+    assert preflight_of(backend, checkpoint, LoadRequest()).problems == ()
+    (problem,) = preflight_of(backend, checkpoint, LoadRequest(dtype="fp16")).problems
+    assert problem.field == "model.dtype"  # auto is the CPU here: refused before loading
+    assert "fp16 on the CPU" in problem.message and "device auto is the CPU" in problem.message
+    (problem,) = preflight_of(backend, checkpoint, LoadRequest(device="cuda")).problems
+    assert problem.field == "--device"
+    assert "torch 2.13.0+cpu is a CPU-only build" in problem.message
+    (problem,) = preflight_of(backend, checkpoint, LoadRequest(dtype="fp16", device="cpu")).problems
+    assert "fp16 on the CPU" in problem.message and "use fp32" in problem.message
+    (problem,) = preflight_of(backend, checkpoint, LoadRequest(dtype="int8")).problems
+    assert "cannot run dtype int8" in problem.message  # the core's checks of the declarations
+    (problem,) = preflight_of(backend, checkpoint, LoadRequest(context_overflow="wrap")).problems
+    assert "context_overflow wrap" in problem.message and "truncate" in problem.message
+
+
+def test_preflight_on_a_cuda_build_before_torch_is_imported(
+    checkpoint: CheckpointInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(plugin, "torch_build", lambda: CUDA_BUILD)
+    monkeypatch.delitem(sys.modules, "torch")  # whether a GPU is there is unknown yet
+    backend = TorchBackend()
+    assert (
+        preflight_of(backend, checkpoint, LoadRequest(dtype="fp16", device="cuda")) == Preflight()
+    )
+    (warning,) = preflight_of(backend, checkpoint, LoadRequest(dtype="fp16")).warnings
     assert "fp16 needs a GPU" in warning
-    (problem,) = backend.preflight(checkpoint, LoadRequest(dtype="fp16", device="cpu")).problems
-    assert "fp16 on the CPU" in problem and "use fp32" in problem and "GPU" in problem
-    (problem,) = backend.preflight(checkpoint, LoadRequest(dtype="int8")).problems
-    assert "cannot run dtype int8" in problem  # the base class's checks still apply
-    bad = LoadRequest(options={"context_overflow": "wrap"})
-    (problem,) = backend.preflight(checkpoint, bad).problems
-    assert "context_overflow" in problem and "truncate" in problem
 
 
 def test_resolve_auto(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -89,12 +117,10 @@ def test_load_runs_the_checkpoint(checkpoint: CheckpointInfo) -> None:
     model.close()
 
 
-def test_load_options_and_refusals(checkpoint: CheckpointInfo) -> None:
+def test_load_options(checkpoint: CheckpointInfo) -> None:
     backend = TorchBackend()
-    request = LoadRequest(device="cpu", threads=1, options={"context_overflow": "truncate"})
+    request = LoadRequest(device="cpu", threads=1, context_overflow="truncate")
     assert backend.load(checkpoint, request).context_overflow == OVERFLOW_TRUNCATE
-    with pytest.raises(BackendError, match="fp16 on the CPU"):
-        backend.load(checkpoint, LoadRequest(device="cpu", dtype="fp16"))
     bf16 = backend.load(checkpoint, LoadRequest(device="cpu", dtype="bf16", threads=1))
     assert bf16.dtype == "bf16" and bf16.module.wte.weight.dtype == torch.bfloat16
     assert np.isfinite(bf16.forward([0], [[1, 2, 3]])).all()

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpt_simple_core.checkpoints.hf_tokenizer import HFTokenizer
-from gpt_simple_core.checkpoints.model_config import ModelConfig
-from gpt_simple_core.errors import BackendError
 from gpt_simple_core.protocol import OVERFLOW_EXTRAPOLATE, OVERFLOW_TRUNCATE
+from gpt_simple_lm_format.config import ModelConfig
+from gpt_simple_lm_format.tokenizer import HFTokenizer
 from gpt_simple_torch.plugin import TorchModel
 from tests.support.checkpoints import small_config
 from tests.support.near_ties import assert_same_or_near_tie, greedy
@@ -174,8 +173,3 @@ def test_truncation_recomputes_the_last_window(vocab_tokens: int, tokenizer: HFT
             ids[row].append(step + row)
         logits = model.forward([0, 1], [[ids[0][-1]], [ids[1][-1]]])
     assert model.cached_length(1) == limit
-
-
-def test_unknown_overflow_policy_is_refused(runner: TorchModel, tokenizer: HFTokenizer) -> None:
-    with pytest.raises(BackendError, match="context_overflow"):
-        TorchModel.from_module(runner.module, tokenizer, context_overflow="wrap")

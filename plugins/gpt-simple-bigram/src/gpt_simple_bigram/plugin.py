@@ -1,8 +1,10 @@
 """The plugin: what gpt-simple loads from the ``gpt_simple`` entry-point group.
 
-Two hooks. ``gpt_simple_inspect_checkpoint`` claims folders holding ``bigram.json`` (the
-format) and ``gpt_simple_register_backends`` registers :class:`BigramBackend`, which runs them.
-Keep this module cheap to import: gpt-simple imports every plugin to plan, even for a dry-run.
+Three hooks. ``gpt_simple_register_formats`` names the format, ``gpt_simple_inspect_checkpoint``
+claims folders holding ``bigram.json`` and ``gpt_simple_register_backends`` registers
+:class:`BigramBackend`, which runs them. Everything comes from ``gpt_simple.plugins``, the
+versioned plugin API. Keep this module cheap to import: gpt-simple imports every plugin to plan,
+even for a dry-run.
 """
 
 from __future__ import annotations
@@ -14,11 +16,20 @@ from typing import Any
 
 import numpy as np
 
+from gpt_simple.plugins import (
+    AUTO,
+    Backend,
+    CheckpointError,
+    CheckpointInfo,
+    Format,
+    LoadedModel,
+    LoadRequest,
+    hookimpl,
+)
 from gpt_simple_bigram.model import CHECKPOINT_FILE, CharTokenizer, log_probs
-from gpt_simple_core.checkpoints.info import CheckpointInfo
-from gpt_simple_core.errors import CheckpointError
-from gpt_simple_core.hookspecs import hookimpl
-from gpt_simple_core.protocol import AUTO, Backend, LoadedModel, LoadRequest
+
+#: The plugin API this plugin was written for (gpt-simple refuses a mismatch, and says so).
+GPT_SIMPLE_PLUGIN_API = 1
 
 FORMAT = "bigram"
 
@@ -37,9 +48,9 @@ class BigramModel(LoadedModel):
         self._last: dict[int, int] = {}
 
     def forward(self, rows: Sequence[int], tokens: Sequence[Sequence[int]]) -> np.ndarray:
+        self.check_forward_arguments(rows, tokens)  # a caller's mistake reads as one
         for row, new in zip(rows, tokens, strict=True):
-            if new:
-                self._last[row] = new[-1]
+            self._last[row] = new[-1]
         return self._log_probs[[self._last[row] for row in rows]]
 
     def release(self, rows: Sequence[int]) -> None:
@@ -57,6 +68,11 @@ class BigramBackend(Backend):
     def load(self, checkpoint: CheckpointInfo, request: LoadRequest) -> BigramModel:
         assert checkpoint.weights is not None
         return BigramModel(json.loads(checkpoint.weights.read_text(encoding="utf-8")))
+
+
+@hookimpl
+def gpt_simple_register_formats(register: Any) -> None:
+    register(Format(FORMAT, "character-bigram checkpoints (a folder with bigram.json)"))
 
 
 @hookimpl

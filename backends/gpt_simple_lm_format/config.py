@@ -1,8 +1,8 @@
 """The gpt-simple trainer's model configuration (``model/config.json``).
 
 One definition of the keys, their defaults and what they imply (head size, FFN width, biases,
-the state-dict layout), shared by the core's checkpoint inspection, the PyTorch backend and the
-ONNX exporter. See ``shared/specs/gpt-simple-checkpoints.md``.
+the state-dict layout), shared by this format's checkpoint inspection, the PyTorch backend and
+the ONNX exporter. See ``docs/checkpoints.md``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from gpt_simple_core.errors import CheckpointError
+from gpt_simple.plugins import CheckpointError
 
 ACTIVATIONS = ("swish", "gelu", "relu")
 MLP_TYPES = ("gated", "mlp")

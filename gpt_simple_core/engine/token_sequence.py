@@ -57,7 +57,7 @@ class StopStrings:
         return full[: min(hits)] if hits else None
 
 
-class Sequence:
+class TokenSequence:
     """The decoding state of one record.
 
     The sampler reads ``params``, ``seen`` (ids the repetition penalty applies to, as an

@@ -1,8 +1,8 @@
-"""The gpt-simple trainer's on-disk layout: the core's own format plugin.
+"""The gpt-simple trainer's on-disk layout: resolving and checking a checkpoint or run directory.
 
 A checkpoint directory holds ``model/config.json``; a run directory holds ``checkpoints/`` whose
 latest completed checkpoint is chosen by the trainer's ``resume: auto`` rule (see
-``shared/specs/gpt-simple-checkpoints.md`` and ``docs/checkpoints.md``).
+``docs/checkpoints.md``).
 """
 
 from __future__ import annotations
@@ -15,11 +15,9 @@ from typing import Any
 
 import attrs
 
-from gpt_simple_core.checkpoints.hf_tokenizer import HFTokenizer, check_tokenizer_folder
-from gpt_simple_core.checkpoints.info import CheckpointInfo
-from gpt_simple_core.checkpoints.model_config import ModelConfig
-from gpt_simple_core.errors import CheckpointError, TokenizerError
-from gpt_simple_core.hookspecs import hookimpl
+from gpt_simple.plugins import CheckpointError, CheckpointInfo, TokenizerError
+from gpt_simple_lm_format.config import ModelConfig
+from gpt_simple_lm_format.tokenizer import HFTokenizer, check_tokenizer_folder
 
 FORMAT = "gpt-simple"
 SAFETENSORS = "model.safetensors"
@@ -249,12 +247,3 @@ def inspect(path: Path, tokenizer: Path | None, load_tokenizer: bool) -> Checkpo
         warnings=tuple(warnings),
         details=details,
     )
-
-
-@hookimpl
-def gpt_simple_inspect_checkpoint(
-    path: Path, tokenizer: Path | None, load_tokenizer: bool
-) -> CheckpointInfo | None:
-    if not path.is_dir() or not (is_checkpoint_dir(path) or is_run_dir(path)):
-        return None
-    return inspect(path, tokenizer, load_tokenizer)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gpt_simple_core.errors import TokenizerError
+from gpt_simple.plugins import TokenizerError
 
 TOKENIZER_FILE = "tokenizer.json"
 GPT2_EOS = "<|endoftext|>"
@@ -59,7 +59,7 @@ def check_tokenizer_folder(folder: Path) -> Path:
 
 
 class HFTokenizer:
-    """A gpt-simple run's tokenizer (implements :class:`gpt_simple_core.protocol.Tokenizer`)."""
+    """A gpt-simple run's tokenizer (implements :class:`gpt_simple.plugins.Tokenizer`)."""
 
     def __init__(self, folder: Path) -> None:
         from tokenizers import Tokenizer

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gpt_simple_core.checkpoints.info import CheckpointInfo
-from gpt_simple_core.engine.sequence import Sequence
+from gpt_simple_core.engine.token_sequence import TokenSequence
 from gpt_simple_core.plan.planner import PlannedRecord
 from gpt_simple_core.protocol import LoadedModel
 
@@ -58,7 +58,9 @@ def group_meta(
     return meta
 
 
-def sequence_meta(shared: Mapping[str, Any], seq: Sequence, model: LoadedModel) -> dict[str, Any]:
+def sequence_meta(
+    shared: Mapping[str, Any], seq: TokenSequence, model: LoadedModel
+) -> dict[str, Any]:
     meta = dict(shared)
     meta["prompt_tokens"] = len(seq.prompt_ids)
     meta["completion_tokens"] = len(seq.generated)

@@ -1,0 +1,175 @@
+"""The one way into the engine: a :class:`Session` plans records and runs plans into sinks.
+
+The CLI, the Python API (``generate``, ``generate_records``, ``load_for_inference``) and every
+executor go through a session, so defaults, seeds, backend choice, pre-flight and the decode
+loop exist once::
+
+    session = Session(settings, Registry.discover())
+    planned = session.plan(records, problems, source="sweep.jsonl")   # what --dry-run prints
+    result = session.run(planned, sink)                                # -> RunResult
+
+A session never decides exit statuses or prints: the CLI does both from the plan and the
+:class:`~gpt_simple_core.engine.run.RunResult`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from gpt_simple_core import logs
+from gpt_simple_core.checkpoints.info import CheckpointInfo
+from gpt_simple_core.engine.groups import GroupRun, resolve_groups
+from gpt_simple_core.engine.result import RunResult
+from gpt_simple_core.engine.stop import Stop
+from gpt_simple_core.errors import BackendError, CheckpointError, ConfigError
+from gpt_simple_core.output.progress import Progress
+from gpt_simple_core.output.sinks import Sink
+from gpt_simple_core.plan.planner import Planned, Planner
+from gpt_simple_core.plan.preflight import structure_options
+from gpt_simple_core.protocol import LoadedModel
+from gpt_simple_core.records.converter import did_you_mean
+from gpt_simple_core.records.parse import Record
+from gpt_simple_core.records.problems import Problem
+from gpt_simple_core.records.schema import ModelSpec
+from gpt_simple_core.registry import Registry
+from gpt_simple_core.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+class Session:
+    """Settings (config file < command line, or the API's arguments) and a plugin registry,
+    and everything that runs with them.
+
+    ``progress`` shows progress on stderr while running (the CLI's default; the API is
+    quiet). ``cwd`` is where relative checkpoint paths are resolved (default: the working
+    directory).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        *,
+        cwd: Path | None = None,
+        progress: bool = True,
+    ) -> None:
+        logs.ensure_configured(level="warning")  # a library's default: warnings, on stderr
+        self.settings = settings
+        self.registry = registry
+        self.cwd = cwd or Path.cwd()
+        self.progress = progress
+        self._check_backend_tables()
+
+    def _check_backend_tables(self) -> None:
+        """``[backend.NAME]`` tables against each backend's options schema, once."""
+        lines = []
+        for name, options in self.settings.backend_options.items():
+            backend = self.registry.backends.get(name)
+            if backend is None:
+                hint = did_you_mean(name, set(self.registry.backends))
+                log.warning(f"config has [backend.{name}] but no such backend is installed{hint}")
+                continue
+            _, found = structure_options(backend, options)
+            for problem in found:
+                field = problem.field.replace("model.options", f"backend.{name}", 1)
+                lines.append(
+                    Problem(None, field, problem.message).render(options.source or "config")
+                )
+        if lines:
+            raise ConfigError("\n".join(lines))
+
+    # Planning ------------------------------------------------------------------------------
+    def planner(self, source: str) -> Planner:
+        return Planner(self.settings, self.registry, source=source, cwd=self.cwd)
+
+    def plan(
+        self, records: Sequence[Record], problems: Sequence[Problem] = (), *, source: str
+    ) -> Planned:
+        """Group ``records`` by model load and check everything without loading anything:
+        the plan lists every problem (``planned.plan.ok`` is false if there is one)."""
+        return self.planner(source).plan(records, problems)
+
+    # Running -------------------------------------------------------------------------------
+    def run(self, planned: Planned, sink: Sink, *, stop: Stop | None = None) -> RunResult:
+        """Run a plan without problems; every finished record goes to ``sink``."""
+        if not planned.plan.ok:
+            raise ConfigError(f"the plan of {planned.plan.input} has problems; nothing was run")
+        for warning in planned.plan.warnings:
+            log.warning(warning)
+        from gpt_simple_core.engine.run import Engine  # numpy: imported when something runs
+
+        total = planned.plan.records
+        runs = resolve_groups(planned.groups, self.registry)
+        engine = Engine(sink, self.settings.run, progress=self._progress(total), stop=stop)
+        result = engine.run(runs, total)
+        counts = {"records": result.written, "failed": result.failed, "tokens": result.tokens}
+        if result.stopped is None:
+            log.info("done", **counts)
+        else:
+            log.warning(f"stopped ({result.stopped}): finished records are kept", **counts)
+        return result
+
+    def generate(
+        self, model: LoadedModel, records: Sequence[Record], sink: Sink, *, meta: dict[str, Any]
+    ) -> RunResult:
+        """Generate ``records`` with a model already loaded (the API's ``generate``): the
+        same parameters, seeds and decode loop as a planned run; ``meta`` is what every
+        output record's ``meta`` starts with."""
+        from gpt_simple_core.engine.run import Engine
+
+        resolver = self.planner("<api>").generation
+        planned = [resolver.planned(record) for record in records]
+        engine = Engine(sink, self.settings.run, progress=self._progress(len(planned)))
+        engine.decode(model, planned, meta)
+        return RunResult(len(planned), engine.written, engine.failed, engine.progress.tokens)
+
+    def _progress(self, total: int) -> Progress:
+        return Progress(total, enabled=self.progress)
+
+    # Loading one model ---------------------------------------------------------------------
+    def load(self, spec: ModelSpec) -> tuple[LoadedModel, CheckpointInfo]:
+        """Load the model ``spec`` names (over the settings' model block), through the same
+        resolution, backend choice and pre-flight as a planned group."""
+        planner = self.planner("<api>")
+        route = planner.route(planner.stack_model(spec))
+        if route.problems:
+            raise _load_error(route.problems)
+        assert route.info is not None and route.choice is not None
+        group = planner.new_group(route.info, route.choice, line=1)
+        (run,) = resolve_groups([group], self.registry)
+        return _load(run), route.info
+
+    def adopt(self, model: Any, tokenizer: Any) -> LoadedModel:
+        """``model`` as the engine drives it: a :class:`LoadedModel` as it is, or what a
+        backend's ``public_model()`` returned (e.g. the torch ``nn.Module``)."""
+        if isinstance(model, LoadedModel):
+            return model
+        for backend in self.registry.backends.values():
+            adopted = backend.adopt(model, tokenizer)
+            if adopted is not None:
+                return adopted
+        raise TypeError(
+            f"{type(model).__name__} is not a model gpt-simple can run: pass what "
+            f"load_for_inference returned"
+        )
+
+
+def _load(run: GroupRun) -> LoadedModel:
+    if run.problem is not None:
+        raise BackendError(run.problem)
+    for warning in run.group.summary.warnings:
+        log.warning(warning)
+    return run.group.backend.load(run.group.info, run.request)
+
+
+def _load_error(problems: Sequence[tuple[str, str]]) -> Exception:
+    """The error a route's problems make for the API (the field in front, as in a plan)."""
+    text = "; ".join(f"{field}: {message}" for field, message in problems)
+    if {field for field, _ in problems} <= {"model.checkpoint", "--checkpoint"}:
+        return CheckpointError(text)
+    return BackendError(text)
