@@ -8,6 +8,9 @@
 5. load: peak RSS growth while loading the GPT-2-small checkpoint;
 6. contention: the sweep again with one core kept busy, and torch's naive defaults;
 7. int8: single stream through an int8 ONNX export, with the logits drift.
+
+llama.cpp (``llama-cpp-python`` and ``gguf``, optional) joins 1 and 2 on the same weights as
+GGUF (``benchmarks/gguf_export.py``, ``benchmarks/workers/llama_cpp.py``).
 """
 
 from __future__ import annotations
@@ -95,6 +98,15 @@ class Row:
     note: str = ""
 
 
+#: The rows' note when llama.cpp's peer cannot run; benchmarks/README.md says how to build it.
+LLAMA_CPP_MISSING = 'llama-cpp-python/gguf: see benchmarks/README.md, "llama.cpp"'
+
+
+def llama_cpp_installed() -> bool:
+    """Whether ``llama-cpp-python`` and ``gguf`` are importable (nothing is imported)."""
+    return all(importlib.util.find_spec(n) for n in ("llama_cpp", "gguf"))
+
+
 def onnx_installed() -> bool:
     """Whether the onnx backend and its runtime are importable (nothing is imported)."""
     return all(importlib.util.find_spec(n) for n in ("gpt_simple_onnx", "onnxruntime"))
@@ -136,8 +148,10 @@ class Suite:
         print(f"  {row.scenario:<14} {row.what:<44} {shown}{ratio} {row.note}", flush=True)
         return row
 
-    def not_installed(self, scenario: str, what: str) -> None:
-        self.add(Row(scenario, what, None, "", note="not installed (gpt_simple_onnx/onnxruntime)"))
+    def not_installed(
+        self, scenario: str, what: str, missing: str = "gpt_simple_onnx/onnxruntime"
+    ) -> None:
+        self.add(Row(scenario, what, None, "", note=f"not installed ({missing})"))
 
     def run(self) -> None:
         steps: list[tuple[int, Callable[[], None]]] = [
@@ -234,6 +248,74 @@ class Suite:
                 )
         if "onnx" not in self.backends:
             self.not_installed("1 single", "gpt-simple onnx")
+        self.llama_cpp_single(checkpoint, repeats)
+
+    def llama_cpp_single(self, checkpoint: Path, repeats: str) -> None:
+        """llama.cpp at batch 1 on the same weights as GGUF F32, Q8_0 and Q4_0, once its F32
+        logits are shown to match our torch backend's (else its figures would be of another
+        model)."""
+        variants = {"f32": "F32", "q8_0": "Q8_0", "q4_0": "Q4_0"}
+        if not llama_cpp_installed():
+            for name in variants.values():
+                self.not_installed("1 single", f"llama.cpp {name}", LLAMA_CPP_MISSING)
+            return
+        check = self.worker("llama_cpp", "check", str(checkpoint))
+        a = check.answer
+        self.add(
+            Row(
+                "1 single",
+                "llama.cpp F32 vs gpt-simple torch: max |dlogit|",
+                a.get("max_abs_diff"),
+                "",
+                target="<= 1e-3, same greedy",
+                met=bool(a.get("ok")),
+                background=check.background,
+                note=f"greedy tokens agree {a.get('greedy_agree')}/{a.get('steps')}"
+                if check.ok
+                else "check failed",
+            )
+        )
+        if not a.get("ok"):
+            return
+        speeds: dict[str, float | None] = {}
+        for variant, name in variants.items():
+            m = self.worker(
+                "llama_cpp", "single", str(checkpoint), "--variant", variant, "--repeats", repeats
+            )
+            speeds[variant] = m.answer.get("tokens_per_s")
+            size = m.answer.get("file_bytes", 0) / 1e6
+            note = f"{m.answer.get('threads')} threads, {size:.0f} MB" if m.ok else "failed"
+            if m.ok and variant == "f32":
+                note += f", llama-cpp-python {m.answer.get('version')}"
+            self.add(
+                Row(
+                    "1 single",
+                    f"llama.cpp {name}",
+                    speeds[variant],
+                    "tok/s",
+                    note=note,
+                    background=m.background,
+                )
+            )
+        self.facts["single_llama_cpp"] = speeds
+        ours = {b: self.facts.get(f"single_{b}") for b in self.backends}
+        ours = {b: s for b, s in ours.items() if s}
+        reference = speeds["f32"]
+        if ours and reference:
+            best = max(ours, key=lambda b: ours[b])
+            ratio = ours[best] / reference
+            self.add(
+                Row(
+                    "1 single",
+                    f"gpt-simple best fp32 ({best}) vs llama.cpp F32",
+                    ours[best],
+                    "tok/s",
+                    ratio=ratio,
+                    ratio_label="vs llama.cpp F32",
+                    target=">= 1.1x",
+                    met=ratio >= 1.1,
+                )
+            )
 
     # 2. Eval sweep -----------------------------------------------------------------------------
     def sweep_records(self) -> tuple[Path, list[dict[str, Any]]]:
@@ -321,6 +403,7 @@ class Suite:
         if "onnx" not in self.backends:
             self.not_installed("2 sweep", "gpt-simple batch-generate, onnx")
         done = {b: m for b, m in walls.items() if m.ok}
+        self.llama_cpp_sweep(checkpoint, records_file, tokens, done)
         if not done:
             return
         best = min(done, key=lambda b: done[b].wall)
@@ -352,6 +435,57 @@ class Suite:
                 target=">= 5x",
                 met=batch1 / wall >= 5 if batch1 else None,
                 background=done[best].background,
+            )
+        )
+
+    def llama_cpp_sweep(
+        self, checkpoint: Path, records_file: Path, tokens: int, ours: dict[str, Measured]
+    ) -> None:
+        """llama.cpp F32 on the same records, several sequences per ``llama_decode``
+        (continuous batching over N slots, as llama-server does; N = the largest static batch,
+        one run to keep the profile's time), end to end like our sweep; ``ours`` are our
+        finished sweeps, for the ratio."""
+        if not llama_cpp_installed():
+            self.not_installed("2 sweep", "llama.cpp batched", LLAMA_CPP_MISSING)
+            return
+        # the GGUF is written first, so the timed runs only read it
+        if not self.tool(["-m", "benchmarks.gguf_export", str(checkpoint)]).ok:
+            self.add(Row("2 sweep", "llama.cpp batched", None, "s", note="GGUF export failed"))
+            return
+        slots = max(self.profile.static_batches)
+        m = self.worker(
+            "llama_cpp", "sweep", str(checkpoint), str(records_file), "--parallel", str(slots)
+        )
+        if m.ok and m.answer.get("tokens") != tokens:
+            print(f"  ! llama.cpp made {m.answer.get('tokens')} tokens, not {tokens}")
+            m = attrs.evolve(m, returncode=-1)
+        self.add(
+            Row(
+                "2 sweep",
+                f"llama.cpp batched, {slots} slots",
+                m.wall if m.ok else None,
+                "s",
+                background=m.background,
+                note=f"{tokens / m.wall:.0f} tok/s, {m.answer.get('decodes')} decodes"
+                if m.ok
+                else "failed",
+            )
+        )
+        if not m.ok or not ours:
+            return
+        best = min(ours, key=lambda b: ours[b].wall)
+        ratio = m.wall / ours[best].wall
+        self.add(
+            Row(
+                "2 sweep",
+                f"gpt-simple best ({best}) vs llama.cpp batched ({slots} slots)",
+                ours[best].wall,
+                "s",
+                ratio=ratio,
+                ratio_label="faster",
+                target=">= 1.5x",
+                met=ratio >= 1.5,
+                background=ours[best].background,
             )
         )
 
@@ -614,4 +748,13 @@ def _completion_tokens(output: Path) -> int:
     return total
 
 
-__all__ = ["PROFILES", "REPO", "Profile", "Row", "Suite", "onnx_installed", "tool_env"]
+__all__ = [
+    "PROFILES",
+    "REPO",
+    "Profile",
+    "Row",
+    "Suite",
+    "llama_cpp_installed",
+    "onnx_installed",
+    "tool_env",
+]
