@@ -31,6 +31,7 @@ from gpt_simple_core.errors import (
 if TYPE_CHECKING:
     from gpt_simple_core.api import (
         ValidatedCheckpoint,
+        batch_generate,
         generate,
         generate_records,
         load_for_inference,
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 
 _API = {
     "ValidatedCheckpoint",
+    "batch_generate",
     "generate",
     "generate_records",
     "load_for_inference",
@@ -54,6 +56,7 @@ __all__ = [
     "TokenizerError",
     "ValidatedCheckpoint",
     "__version__",
+    "batch_generate",
     "generate",
     "generate_records",
     "load_for_inference",

@@ -15,13 +15,14 @@ from typing import Any, NamedTuple
 from gpt_simple_core import logs
 from gpt_simple_core.checkpoints.info import CheckpointInfo
 from gpt_simple_core.checkpoints.resolve import resolve_checkpoint
+from gpt_simple_core.engine.result import RunResult
 from gpt_simple_core.errors import ConfigError, GenerationError
 from gpt_simple_core.output.sinks import MemorySink
 from gpt_simple_core.protocol import Tokenizer
 from gpt_simple_core.records.parse import Record, parse_generation
 from gpt_simple_core.registry import Registry, default_registry
 from gpt_simple_core.session import Session
-from gpt_simple_core.settings import RunOptions, Settings
+from gpt_simple_core.settings import RunOptions, Settings, with_default_model
 
 
 class _CheckpointFields(NamedTuple):
@@ -230,3 +231,46 @@ def _run_options(**values: Any) -> RunOptions:
             "invalid argument(s): " + "; ".join(f"{p.field}: {p.message}" for p in problems)
         )
     return run
+
+
+def batch_generate(
+    input: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    force: bool = False,
+    overwrite: bool = False,
+    retry_errors: bool = False,
+    model: Mapping[str, Any] | None = None,
+    generation: Mapping[str, Any] | None = None,
+    registry: Registry | None = None,
+) -> RunResult:
+    """``gpt-simple batch-generate --input INPUT --output OUTPUT``: a self-describing sweep
+    into a file, with the CLI's guarantees (docs/long-sweeps.md): an existing output is never
+    replaced unless ``overwrite``; ``resume`` continues an interrupted one (``force``: even if
+    the job changed, running again the records whose inputs changed).
+
+    ``model`` and ``generation`` are the defaults of records that do not say otherwise (a
+    config file's ``[model]`` and ``[generation]`` tables; ``generation["seed"]`` is the run
+    seed). Returns the :class:`RunResult`; structural problems of the input raise
+    :class:`ConfigError` listing every one with its line.
+    """
+    from gpt_simple_core.jobs.output import OutputJob, OutputMode
+    from gpt_simple_core.records.source import read_records
+    from gpt_simple_core.settings import settings_from_mapping
+
+    layers = {k: dict(v) for k, v in (("model", model), ("generation", generation)) if v}
+    settings, problems = settings_from_mapping(layers, "arguments")
+    if problems:
+        raise ConfigError("invalid argument(s): " + "; ".join(p.render("") for p in problems))
+    settings = with_default_model(settings)
+    mode = OutputMode(resume=resume, force=force, overwrite=overwrite, retry_errors=retry_errors)
+    source = os.fspath(input)
+    with OutputJob(Path(output), mode, input_path=Path(source)) as job:
+        logs.ensure_configured(level="warning")
+        session = Session(job.settings(settings), registry or default_registry(), progress=False)
+        records, found, digest = read_records(source)
+        planned = session.plan(records, found, source=digest.name)
+        if not planned.plan.ok:
+            raise ConfigError("\n".join(p.render() for p in planned.plan.problems))
+        return job.run(session, planned, digest)

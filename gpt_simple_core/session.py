@@ -14,10 +14,11 @@ A session never decides exit statuses or prints: the CLI does both from the plan
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import structlog
 
 from gpt_simple_core import logs
@@ -95,16 +96,32 @@ class Session:
         return self.planner(source).plan(records, problems)
 
     # Running -------------------------------------------------------------------------------
-    def run(self, planned: Planned, sink: Sink, *, stop: Stop | None = None) -> RunResult:
-        """Run a plan without problems; every finished record goes to ``sink``."""
+    def run(
+        self,
+        planned: Planned,
+        sink: Sink,
+        *,
+        stop: Stop | None = None,
+        skip: Collection[int] = (),
+    ) -> RunResult:
+        """Run a plan without problems; every finished record goes to ``sink``. Records whose
+        input position is in ``skip`` are left out (a resumed run has them already), and a
+        group left with none is not loaded."""
         if not planned.plan.ok:
             raise ConfigError(f"the plan of {planned.plan.input} has problems; nothing was run")
         for warning in planned.plan.warnings:
             log.warning(warning)
         from gpt_simple_core.engine.run import Engine  # numpy: imported when something runs
 
-        total = planned.plan.records
-        runs = resolve_groups(planned.groups, self.registry)
+        groups = planned.groups
+        if skip:
+            groups = [
+                attrs.evolve(g, records=[r for r in g.records if r.record.index not in skip])
+                for g in groups
+            ]
+            groups = [g for g in groups if g.records]
+        total = sum(len(g.records) for g in groups)
+        runs = resolve_groups(groups, self.registry)
         engine = Engine(sink, self.settings.run, progress=self._progress(total), stop=stop)
         result = engine.run(runs, total)
         counts = {"records": result.written, "failed": result.failed, "tokens": result.tokens}

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import structlog
 
+from gpt_simple_core.checkpoints.resolve import DEFAULT_MODEL
 from gpt_simple_core.errors import ConfigError
 from gpt_simple_core.protocol import Device
 from gpt_simple_core.records.converter import structure_block
@@ -27,6 +29,8 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
+
+log = structlog.get_logger(__name__)
 
 CONFIG_FILE = "gpt-simple.toml"
 PYPROJECT_TABLE = "gpt-simple"
@@ -176,3 +180,12 @@ def load_config(explicit: Path | None, cwd: Path) -> Settings:
         where = f"{path} [tool.{table}]" if table else str(path)
         raise ConfigError("\n".join(p.render(where) for p in problems))
     return settings
+
+
+def with_default_model(settings: Settings) -> Settings:
+    """``builtin:default`` as the default model when neither the command line nor the config
+    names one (said on stderr at info level): a record naming its own model is unaffected."""
+    if settings.model.path is not None:
+        return settings
+    log.info("no model given: records naming none use the embedded one", model=DEFAULT_MODEL)
+    return attrs.evolve(settings, model=attrs.evolve(settings.model, checkpoint=DEFAULT_MODEL))

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from gpt_simple_core.cli.execute import run_plan
+from gpt_simple_core.cli.execute import add_output_options, run_command
 from gpt_simple_core.cli.options import (
     add_model_options,
     add_run_options,
@@ -19,9 +19,10 @@ from gpt_simple_core.exit_codes import EXIT_INVALID, EXIT_OK
 from gpt_simple_core.plan.model import plan_to_json
 from gpt_simple_core.plan.planner import Planned
 from gpt_simple_core.plan.render import render_text
-from gpt_simple_core.records.parse import parse_lines, read_jsonl
+from gpt_simple_core.records.source import STDIN, InputDigest, read_records
 from gpt_simple_core.registry import Registry
 from gpt_simple_core.session import Session
+from gpt_simple_core.settings import with_default_model
 
 HELP = "run a JSONL sweep where each record may name its own model and sampling parameters"
 
@@ -29,11 +30,12 @@ HELP = "run a JSONL sweep where each record may name its own model and sampling 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("batch-generate", help=HELP, description=HELP + ".")
     parser.add_argument(
-        "--input", required=True, metavar="JSONL", help="input records ('-' for stdin)"
+        "--input",
+        required=True,
+        metavar="JSONL",
+        help="input records: a file, a pipe or FIFO such as <(...), or '-' for stdin",
     )
-    parser.add_argument(
-        "--output", type=Path, metavar="FILE", help="output JSONL (default: stdout)"
-    )
+    add_output_options(parser)
     parser.add_argument(
         "--dry-run",
         action="store_true",
@@ -48,34 +50,36 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
-def plan_input(source: str, session: Session) -> Planned:
-    """Parse and plan ``source`` (a path or '-')."""
-    if source == "-":
-        records, problems = parse_lines(sys.stdin.buffer)
-        name = "<stdin>"
+def plan_input(source: str, session: Session) -> tuple[Planned, InputDigest]:
+    """Parse and plan ``source`` (a path, a FIFO or '-')."""
+    records, problems, digest = read_records(source)
+    return session.plan(records, problems, source=digest.name), digest
+
+
+def _print_plan(planned: Planned, plan_format: str) -> None:
+    if plan_format == "json":
+        print(json.dumps(plan_to_json(planned.plan), indent=2))
     else:
-        records, problems = read_jsonl(Path(source))
-        name = source
-    return session.plan(records, problems, source=name)
+        sys.stdout.write(render_text(planned.plan))
+
+
+def _refuse(planned: Planned) -> int:
+    report_problems(planned.plan)
+    return EXIT_INVALID
 
 
 def run(args: argparse.Namespace, registry: Registry) -> int:
-    settings = effective_settings(args)
-    if args.input != "-" and not Path(args.input).is_file():
-        print(f"gpt-simple: error: input file {args.input} does not exist", file=sys.stderr)
-        return EXIT_INVALID
-    session = Session(settings, registry)
-    planned = plan_input(args.input, session)
+    settings = with_default_model(effective_settings(args))
     if args.dry_run:
-        if args.plan_format == "json":
-            print(json.dumps(plan_to_json(planned.plan), indent=2))
-        else:
-            sys.stdout.write(render_text(planned.plan))
-        if not planned.plan.ok:
-            report_problems(planned.plan)
-            return EXIT_INVALID
-        return EXIT_OK
-    if not planned.plan.ok:
-        report_problems(planned.plan)
-        return EXIT_INVALID
-    return run_plan(session, planned, args.output)
+        planned, _ = plan_input(args.input, Session(settings, registry))
+        _print_plan(planned, args.plan_format)
+        return EXIT_OK if planned.plan.ok else _refuse(planned)
+    input_path = None if args.input == STDIN else Path(args.input)
+    return run_command(
+        args,
+        settings,
+        registry,
+        lambda session: plan_input(args.input, session),
+        input_path=input_path,
+        on_problems=_refuse,
+    )

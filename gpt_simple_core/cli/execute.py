@@ -1,22 +1,25 @@
-"""Running a checked plan from the command line: output file, signals, exit status.
+"""Running a checked plan from the command line: output, signals, exit status.
 
-The session runs; this module owns what is the command line's alone: where the JSONL goes,
-which signals stop the run (SIGTERM, SIGINT, SIGUSR1: Slurm's warning before a time limit),
-and the exit status a wrapper script reads (docs/cli.md).
+The session runs; this module owns what is the command line's alone: where the JSONL goes
+(a file through an :class:`~gpt_simple_core.jobs.output.OutputJob`, which resumes and refuses
+to destroy data, or stdout), which signals stop the run (SIGTERM, SIGINT, and SIGUSR1: Slurm's
+warning before a time limit), ``--max-runtime``, and the exit status a wrapper script reads
+(docs/cli.md, docs/long-sweeps.md).
 """
 
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from gpt_simple_core.engine.result import RunResult
 from gpt_simple_core.engine.stop import Stop
-from gpt_simple_core.errors import ConfigError
 from gpt_simple_core.exit_codes import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -24,9 +27,13 @@ from gpt_simple_core.exit_codes import (
     EXIT_TERMINATED,
     EXIT_USR1,
 )
-from gpt_simple_core.output.writer import OrderedWriter, spool_path_for
+from gpt_simple_core.jobs.output import OutputJob, OutputMode
+from gpt_simple_core.output.spool import Spool, clean_stale_spools
+from gpt_simple_core.output.writer import OrderedWriter
 from gpt_simple_core.plan.planner import Planned
+from gpt_simple_core.records.source import InputDigest
 from gpt_simple_core.session import Session
+from gpt_simple_core.settings import Settings
 
 #: Why a run stopped -> its exit status (``max-runtime`` is a time limit, like Slurm's USR1).
 STOPPED_STATUS = {
@@ -36,6 +43,53 @@ STOPPED_STATUS = {
     "max-runtime": EXIT_USR1,
 }
 SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
+STDOUT = "-"
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("output")
+    group.add_argument("--output", metavar="FILE", help="output JSONL ('-' or absent: stdout)")
+    group.add_argument(
+        "--resume",
+        nargs="?",
+        const="yes",
+        choices=("yes", "force"),
+        help="continue an interrupted --output: keep its finished records, run the rest "
+        "(=force: even if the input, defaults or checkpoints changed; records whose inputs "
+        "changed run again)",
+    )
+    group.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    group.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="with --resume: run again the records that carry an error",
+    )
+    group.add_argument(
+        "--max-runtime",
+        type=float,
+        metavar="SECONDS",
+        help="stop cleanly after this long (exit 138, resumable), like SIGUSR1",
+    )
+
+
+def output_path(args: argparse.Namespace) -> Path | None:
+    """The --output file, or None for stdout (absent or '-')."""
+    return None if args.output in (None, STDOUT) else Path(args.output).expanduser()
+
+
+def output_mode(args: argparse.Namespace) -> OutputMode:
+    from gpt_simple_core.errors import ConfigError
+
+    if args.output in (None, STDOUT) and (args.resume or args.overwrite):
+        raise ConfigError("--resume and --overwrite need --output FILE (stdout cannot resume)")
+    if args.retry_errors and not args.resume:
+        raise ConfigError("--retry-errors goes with --resume")
+    return OutputMode(
+        resume=bool(args.resume),
+        force=args.resume == "force",
+        overwrite=args.overwrite,
+        retry_errors=args.retry_errors,
+    )
 
 
 def exit_status(result: RunResult) -> int:
@@ -67,27 +121,40 @@ def stopping_on_signals(stop: Stop) -> Iterator[None]:
             signal.signal(number, old)
 
 
-@contextmanager
-def open_output(output: Path | None) -> Iterator[IO[str]]:
-    if output is None:
-        yield sys.stdout
-        return
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        stream = output.open("w", encoding="utf-8")
-    except OSError as exc:  # a bad --output is bad input, reported before anything loads
-        raise ConfigError(f"cannot write output {output}: {exc.strerror or exc}") from None
-    with stream:
-        yield stream
+PlanFn = Callable[[Session], tuple[Planned, InputDigest]]
 
 
-def run_plan(session: Session, planned: Planned, output: Path | None) -> int:
-    """Run ``planned`` into ``output`` (stdout when None); return the exit status."""
-    stop = Stop()
-    with open_output(output) as stream, stopping_on_signals(stop):
-        writer = OrderedWriter(stream, planned.plan.records, spool_path_for(output))
-        try:
-            result = session.run(planned, writer, stop=stop)
-        finally:
-            writer.close()
+def run_command(
+    args: argparse.Namespace,
+    settings: Settings,
+    registry: Any,
+    plan: PlanFn,
+    *,
+    input_path: Path | None,
+    on_problems: Callable[[Planned], int],
+) -> int:
+    """The run of ``generate`` and ``batch-generate``: the output job (locks, refusals and
+    the previous run seed, before planning), the plan, then the run; the exit status."""
+    output = output_path(args)
+    stop = Stop(deadline=time.monotonic() + args.max_runtime if args.max_runtime else None)
+    job = OutputJob(output, output_mode(args), input_path=input_path) if output else None
+    with stopping_on_signals(stop), job or nullcontext():
+        with stop.interruptible():  # planning holds nothing worth finishing: stop at once
+            session = Session(job.settings(settings) if job else settings, registry)
+            planned, digest = plan(session)
+        if not planned.plan.ok:
+            return on_problems(planned)
+        if job is not None:
+            result = job.run(session, planned, digest, stop=stop)
+        else:
+            result = _run_to_stdout(session, planned, stop)
     return exit_status(result)
+
+
+def _run_to_stdout(session: Session, planned: Planned, stop: Stop) -> RunResult:
+    clean_stale_spools()
+    writer = OrderedWriter(sys.stdout, range(planned.plan.records), Spool.private(), name="stdout")
+    try:
+        return session.run(planned, writer, stop=stop)
+    finally:
+        writer.close()

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import hashlib
+import json
 from pathlib import Path
 
-import attrs
 import structlog
 
 from gpt_simple_core.checkpoints.resolve import DEFAULT_MODEL
-from gpt_simple_core.cli.execute import run_plan
+from gpt_simple_core.cli.execute import add_output_options, run_command
 from gpt_simple_core.cli.options import (
     add_model_options,
     add_run_options,
@@ -18,11 +18,13 @@ from gpt_simple_core.cli.options import (
     effective_settings,
 )
 from gpt_simple_core.cli.problems import report_problems
-from gpt_simple_core.errors import ConfigError
 from gpt_simple_core.exit_codes import EXIT_INVALID
-from gpt_simple_core.records.parse import Record, parse_lines, read_jsonl
+from gpt_simple_core.plan.planner import Planned
+from gpt_simple_core.records.parse import Record
+from gpt_simple_core.records.source import STDIN, InputDigest, read_records
 from gpt_simple_core.registry import Registry
 from gpt_simple_core.session import Session
+from gpt_simple_core.settings import with_default_model
 
 HELP = "generate completions for prompts with one model and one set of sampling parameters"
 log = structlog.get_logger(__name__)
@@ -35,42 +37,41 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     prompts.add_argument(
         "--prompts-file",
         metavar="JSONL",
-        help="one {\"prompt\": ...} object per line, extra keys echoed ('-' for stdin)",
+        help='one {"prompt": ...} object per line, extra keys echoed: a file, a pipe or '
+        "FIFO such as <(...), or '-' for stdin",
     )
-    parser.add_argument(
-        "--output", type=Path, metavar="FILE", help="output JSONL (default: stdout)"
-    )
+    add_output_options(parser)
     add_model_options(parser, default_help=f"default: the embedded {DEFAULT_MODEL}")
     add_run_options(parser)
     add_sampling_options(parser)
     return parser
 
 
-def _records(args: argparse.Namespace) -> tuple[list[Record], list, str]:
+def _records(args: argparse.Namespace) -> tuple[list[Record], list, InputDigest]:
     if args.prompt is not None:
         records = [Record(i, i + 1, text, {"prompt": text}) for i, text in enumerate(args.prompt)]
-        return records, [], "--prompt"
-    if args.prompts_file == "-":
-        records, problems = parse_lines(sys.stdin.buffer, allow_blocks=False)
-        return records, problems, "<stdin>"
-    path = Path(args.prompts_file)
-    if not path.is_file():
-        raise ConfigError(f"prompts file {path} does not exist")
-    records, problems = read_jsonl(path, allow_blocks=False)
-    return records, problems, args.prompts_file
+        text = json.dumps(args.prompt, ensure_ascii=False).encode("utf-8")
+        return records, [], InputDigest("--prompt", None, hashlib.sha256(text).hexdigest())
+    return read_records(args.prompts_file, allow_blocks=False)
 
 
 def run(args: argparse.Namespace, registry: Registry) -> int:
-    settings = effective_settings(args)
-    if settings.model.path is None:
-        log.info("no --checkpoint given: using the embedded default model", model=DEFAULT_MODEL)
-        settings = attrs.evolve(
-            settings, model=attrs.evolve(settings.model, checkpoint=DEFAULT_MODEL)
-        )
-    session = Session(settings, registry)
-    records, problems, source = _records(args)
-    planned = session.plan(records, problems, source=source)
-    if not planned.plan.ok:
+    settings = with_default_model(effective_settings(args))
+
+    def plan(session: Session) -> tuple[Planned, InputDigest]:
+        records, problems, digest = _records(args)
+        return session.plan(records, problems, source=digest.name), digest
+
+    def refuse(planned: Planned) -> int:
         report_problems(planned.plan)
         return EXIT_INVALID
-    return run_plan(session, planned, args.output)
+
+    from_file = args.prompts_file not in (None, STDIN)
+    return run_command(
+        args,
+        settings,
+        registry,
+        plan,
+        input_path=Path(args.prompts_file) if from_file else None,
+        on_problems=refuse,
+    )

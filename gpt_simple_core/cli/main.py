@@ -22,8 +22,10 @@ from gpt_simple_core.exit_codes import (
     EXIT_INTERRUPTED,
     EXIT_INVALID,
     EXIT_OK,
+    EXIT_OUTPUT,
     EXIT_TERMINATED,
 )
+from gpt_simple_core.output.spool import OutputFailed
 from gpt_simple_core.registry import Registry
 
 EXIT_CODES_HELP = """\
@@ -32,8 +34,9 @@ exit status:
   1    the run finished, but some records carry an "error" (see the output)
   2    invalid command line, config, input file or checkpoint: nothing was loaded
   70   internal error (a bug: please report it with the traceback)
+  74   the output could not be written (disk full, I/O error): its records so far are kept
   130  interrupted (Ctrl-C); 143 terminated (SIGTERM); 138 stopped by SIGUSR1 or
-       --max-runtime: finished records are kept (docs/cli.md)
+       --max-runtime: finished records are kept; run again with --resume (docs/cli.md)
 """
 
 COMMANDS = (generate, batch_generate, validate, backends_cmd, export)
@@ -82,6 +85,13 @@ def main(argv: Sequence[str] | None = None, *, registry: Registry | None = None)
     except StopRequested as exc:  # a signal before or after the run itself
         print(f"gpt-simple: stopped ({exc.reason})", file=sys.stderr)
         return STOPPED_STATUS.get(exc.reason, EXIT_TERMINATED)
+    except OutputFailed as exc:
+        print(
+            f"gpt-simple: error: {exc}; the output keeps every record before the failure "
+            f"(make room, then run again with --resume)",
+            file=sys.stderr,
+        )
+        return EXIT_OUTPUT
     except KeyboardInterrupt:
         print("gpt-simple: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -1,111 +1,126 @@
-"""Ordered JSONL output with a spool file, so memory stays bounded and nothing finished is lost.
+"""Ordered JSONL output: records in input order, whole lines only, durable at an interval.
 
-Records are written in input order as soon as the next one is ready, flushed one by one.
-A record that finishes before its predecessors (they belong to a later group, or are still
-decoding) goes to a spool file beside the output, not to memory; only its offset is kept.
-When the run ends normally the spool is deleted. If the process dies, the spool is kept and its
-path is in the log: every finished completion is either in the output or in the spool, one JSON
-object per line as ``{"index": N, "record": {...}}``.
+Records are written as soon as every record before them is: a record that finishes early
+waits in the :class:`~gpt_simple_core.output.spool.Spool`, not in memory. ``order`` lists the
+input positions this output holds, ascending: every record of the input for a plain run, a
+shard's records for a shard. The output is therefore always an unbroken prefix of ``order``.
+
+Each record is one ``write`` of its whole line, then a flush; the file is fsynced at most every
+:data:`FSYNC_SECONDS` and when the writer closes, so a power cut loses at most the last
+seconds and can only leave a torn or zero-filled tail, which a resumed run drops. When a write
+fails (a full disk, an I/O error) the file is cut back to its last whole line and the run stops
+(:class:`~gpt_simple_core.output.spool.OutputFailed`).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
+import stat
 import time
-from pathlib import Path
+from collections.abc import Sequence
 from typing import IO, Any
 
-import structlog
+from gpt_simple_core.output.spool import OutputFailed, Spool, dumps
 
-log = structlog.get_logger(__name__)
-
-
-def default_spool_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "gpt-simple" / "spool"
+FSYNC_SECONDS = 2.0
 
 
-def spool_path_for(output: Path | None) -> Path:
-    """Beside the output file; for stdout, in the user's cache directory."""
-    if output is not None:
-        output = output.absolute()  # the log names it; a relative path helps nobody later
-        return output.with_name(output.name + ".spool.jsonl")
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return default_spool_dir() / f"run-{stamp}-{os.getpid()}.spool.jsonl"
-
-
-def dumps(record: dict[str, Any]) -> str:
-    return json.dumps(record, ensure_ascii=False)
+def _is_regular_file(stream: IO[str]) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 class OrderedWriter:
-    """Writes records numbered 0..total-1 in order, whatever order they arrive in."""
+    """Writes the records of ``order`` (input positions, ascending) in that order, whatever
+    order they arrive in. ``written`` records of ``order`` are already in the stream (a resumed
+    run); the spool may already hold some of the rest."""
 
-    def __init__(self, stream: IO[str], total: int, spool_path: Path) -> None:
+    def __init__(
+        self,
+        stream: IO[str],
+        order: Sequence[int],
+        spool: Spool,
+        *,
+        written: int = 0,
+        name: str = "the output",
+    ) -> None:
         self.stream = stream
-        self.total = total
-        self.spool_path = spool_path
-        self.next_index = 0
-        self._spool: IO[str] | None = None
-        self._offsets: dict[int, int] = {}
+        self.order = order
+        self.spool = spool
+        self.position = written  # records of `order` in the output
+        self.name = name
+        self._seekable = _is_regular_file(stream)
+        self._good = stream.tell() if self._seekable else 0
+        self._synced = time.monotonic()
+        self._drain()
+
+    @property
+    def next_index(self) -> int | None:
+        """The input position the output waits for (``None``: all of ``order`` is written)."""
+        return self.order[self.position] if self.position < len(self.order) else None
+
+    @property
+    def complete(self) -> bool:
+        return self.position >= len(self.order)
 
     @property
     def pending(self) -> int:
         """Records finished but waiting in the spool for their predecessors."""
-        return len(self._offsets)
+        return len(self.spool)
 
     def put(self, index: int, record: dict[str, Any]) -> None:
         if index != self.next_index:
-            self._to_spool(index, record)
+            self.spool.add(index, record)
             return
         self._write(record)
-        while self.next_index in self._offsets:
-            self._write(self._from_spool(self._offsets.pop(self.next_index)))
+        self._drain()
+
+    def _drain(self) -> None:
+        while self.next_index is not None and self.next_index in self.spool:
+            self._write(self.spool.take(self.next_index))
 
     def _write(self, record: dict[str, Any]) -> None:
-        self.stream.write(dumps(record) + "\n")
-        self.stream.flush()
-        self.next_index += 1
-
-    def _to_spool(self, index: int, record: dict[str, Any]) -> None:
-        if self._spool is None:
-            self._spool = self._open_spool()
-            log.info(
-                "finished records waiting for earlier ones are spooled", spool=str(self.spool_path)
-            )
-        self._spool.seek(0, os.SEEK_END)
-        self._offsets[index] = self._spool.tell()
-        self._spool.write(dumps({"index": index, "record": record}) + "\n")
-        self._spool.flush()
-
-    def _open_spool(self) -> IO[str]:
+        line = dumps(record) + "\n"
         try:
-            self.spool_path.parent.mkdir(parents=True, exist_ok=True)
-            return self.spool_path.open("w+", encoding="utf-8")
+            self.stream.write(line)
+            self.stream.flush()
+        except BrokenPipeError:
+            raise  # the reader (`| head`) left: the CLI exits quietly
         except OSError as exc:
-            # An unwritable cache directory must not cost the run: spool to the temp dir.
-            fallback = Path(tempfile.gettempdir()) / self.spool_path.name
-            log.warning("cannot create the spool; using the temp dir", error=str(exc))
-            self.spool_path = fallback
-            return fallback.open("w+", encoding="utf-8")
+            self._cut_back()
+            raise OutputFailed(self.name, exc) from None
+        self.position += 1
+        if self._seekable:
+            self._good = self.stream.tell()
+            if time.monotonic() - self._synced >= FSYNC_SECONDS:
+                self.sync()
 
-    def _from_spool(self, offset: int) -> dict[str, Any]:
-        assert self._spool is not None
-        self._spool.seek(offset)
-        return json.loads(self._spool.readline())["record"]
+    def _cut_back(self) -> None:
+        """After a failed write: drop whatever part of the line reached the file."""
+        if not self._seekable:
+            return
+        try:
+            self.stream.truncate(self._good)
+            self.stream.seek(self._good)
+        except (OSError, ValueError):
+            pass  # the resumed run drops a torn tail anyway
+
+    def sync(self) -> None:
+        """Make what is written durable (output and spool)."""
+        self._synced = time.monotonic()
+        if self._seekable:
+            try:
+                os.fsync(self.stream.fileno())
+                self.spool.sync()
+            except OSError as exc:
+                raise OutputFailed(self.name, exc) from None
 
     def close(self) -> None:
-        """Delete the spool when everything was written; otherwise keep it and say where."""
-        if self._spool is not None:
-            self._spool.close()
-            if self.next_index >= self.total and not self._offsets:
-                self.spool_path.unlink(missing_ok=True)
-            else:
-                log.warning(
-                    "run ended early: finished records not yet in the output are in the spool",
-                    spool=str(self.spool_path),
-                    written=self.next_index,
-                    spooled=len(self._offsets),
-                )
+        """Make everything durable; delete the spool when everything was written, else keep
+        it (a resumed run takes its records)."""
+        try:
+            self.sync()
+        finally:
+            self.spool.close(finished=self.complete)

@@ -78,8 +78,12 @@ class PlannedGroup:
 
 @attrs.define
 class Planned:
+    """The plan (what a dry-run shows), its groups, and the run seed every unseeded record's
+    seed was derived from."""
+
     plan: Plan
     groups: list[PlannedGroup]
+    run_seed: int = 0
 
 
 @attrs.frozen
@@ -268,7 +272,7 @@ class Planner:
             groups=tuple(g.summary for g in planned_groups),
             problems=log.problems(),
         )
-        return Planned(plan, planned_groups)
+        return Planned(plan, planned_groups, self.generation.run_seed)
 
     def _place(self, records: Sequence[Record], log: _ProblemLog) -> list[PlannedGroup]:
         """Put every record in its group (or log why it cannot run); summarise the groups."""

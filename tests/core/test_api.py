@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import gpt_simple
@@ -173,3 +175,23 @@ def test_facade_exports():
         "ValidatedCheckpoint",
     }
     assert gpt_simple.__version__
+
+
+def test_batch_generate_writes_a_file_and_resumes(tmp_path, toy):
+    write_toy_checkpoint(tmp_path / "m", script="xy")
+    records = [{"id": i, "prompt": "ab", "generation": {"max_new_tokens": 2}} for i in range(6)]
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "out.jsonl"
+    defaults = {"model": {"checkpoint": str(tmp_path / "m")}, "generation": {"seed": 9}}
+    result = gpt_simple.batch_generate(source, out, **defaults)
+    assert (result.written, result.failed, result.stopped) == (6, 0, None)
+    complete = out.read_bytes()
+    with pytest.raises(ConfigError, match="complete output of an earlier run"):
+        gpt_simple.batch_generate(source, out, **defaults)
+    out.write_bytes(complete[: len(complete) // 2])
+    resumed = gpt_simple.batch_generate(source, out, resume=True, **defaults)
+    assert 0 < resumed.written < 6
+    assert out.read_bytes() == complete
+    with pytest.raises(ConfigError, match="is the input file"):
+        gpt_simple.batch_generate(source, source, overwrite=True, **defaults)

@@ -21,7 +21,7 @@ LAYERS = (
     ("gpt_simple_core.records", "gpt_simple_core.checkpoints"),
     ("gpt_simple_core.plan",),
     ("gpt_simple_core.output", "gpt_simple_core.engine"),
-    ("gpt_simple_core.session",),
+    ("gpt_simple_core.session", "gpt_simple_core.jobs"),
     ("gpt_simple_core.api",),
     ("gpt_simple_core.cli",),
 )

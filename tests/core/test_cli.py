@@ -146,14 +146,14 @@ def test_batch_generate_to_stdout_with_a_spool(tmp_path):
     )
     cache = tmp_path / "cache"
     result = run_toy_cli(
-        ["batch-generate", "--input", str(source), "--max-new-tokens", "2"],
+        ["--log-level", "debug", "batch-generate", "--input", str(source), "--max-new-tokens", "2"],
         cwd=tmp_path,
         XDG_CACHE_HOME=str(cache),
     )
     assert result.returncode == 0, result.stderr
     records = assert_pure_jsonl(result.stdout, 6)
     assert [(r["id"], r["completion"]) for r in records] == [(i, "ab"[i % 2] * 2) for i in range(6)]
-    assert "spooled" in result.stderr  # b's records waited for a's
+    assert "spooled" in result.stderr  # b's records waited for a's (said at debug level only)
     assert list((cache / "gpt-simple" / "spool").iterdir()) == []  # removed at the end
 
 
@@ -309,7 +309,7 @@ def test_generate_prompts_file_refuses_per_record_settings(tmp_path, toy, capsys
 
 def test_generate_without_a_checkpoint_announces_the_embedded_model(tmp_path, capsys):
     code, out, err = cli(capsys, "generate", "--prompt", "x")
-    assert "no --checkpoint given: using the embedded default model" in err
+    assert "no model given: records naming none use the embedded one" in err
     assert "builtin:default" in err
     assert code == 2 and out == ""  # no backend for it in this test environment
     assert "Traceback" not in err
@@ -332,7 +332,7 @@ def test_exit_codes_are_documented_in_help(capsys, command):
         (["batch-generate", "--input", "x", "--dtype", "fp 8"], "malformed dtype 'fp 8'"),
         (["batch-generate", "--input", "x", "--plan-format", "xml"], "invalid choice: 'xml'"),
         (["batch-generate", "--input", "x", "--top-k", "many"], "invalid int value: 'many'"),
-        (["batch-generate", "--input", "."], "input file . does not exist"),
+        (["batch-generate", "--input", "."], "input . is a directory, not a JSONL file"),
         (["generate", "--prompt", "a", "--prompts-file", "f"], "not allowed with argument"),
         (["generate", "--prompts-file", "missing.jsonl", "--checkpoint", "m"], "does not exist"),
         (["generate", "--prompt", "a", "--checkpoint", "nowhere"], "nowhere: no such file"),

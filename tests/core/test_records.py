@@ -110,12 +110,13 @@ def test_valid_lines_of_a_bad_file_still_parse():
     assert len(problems) == len(EXPECTED)
 
 
-def test_no_model_and_no_default_model(tmp_path, toy, capsys):
+def test_no_model_anywhere_means_the_embedded_model(tmp_path, toy, capsys):
     source = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "a"}, {"prompt": "b"}])
-    code, out, err = cli(capsys, "batch-generate", "--input", str(source))
-    assert code == 2 and out == ""
-    assert f"{source}:1: model: no model" in err
-    assert "(and 1 more records)" in err
+    code, _, err = cli(capsys, "batch-generate", "--input", str(source), "--dry-run")
+    assert "no model given: records naming none use the embedded one" in err
+    assert "builtin:default" in err
+    assert code == 2  # no backend for gpt-simple checkpoints in this test environment
+    assert f"{source}:1: model.backend: no installed backend runs gpt-simple" in err
 
 
 # Types, ranges and nulls, one at a time ---------------------------------------------------

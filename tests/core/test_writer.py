@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import os
 import signal
+import stat
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from gpt_simple_core.output.writer import OrderedWriter, spool_path_for
+from gpt_simple_core.output.spool import STALE_SECONDS, OutputFailed, Spool, clean_stale_spools
+from gpt_simple_core.output.writer import OrderedWriter
 from tests.core.helpers import read_jsonl, run_toy_cli, subprocess_env, toy_cli_command, write_jsonl
 from tests.support.toy_backend import write_toy_checkpoint
 
@@ -26,8 +30,8 @@ def spooled(path: Path) -> list[dict]:
 
 def test_out_of_order_puts_are_written_in_order_and_the_spool_is_removed(tmp_path):
     stream = io.StringIO()
-    spool = tmp_path / "out.jsonl.spool.jsonl"
-    writer = OrderedWriter(stream, 5, spool)
+    spool = tmp_path / "spool.jsonl"
+    writer = OrderedWriter(stream, range(5), Spool(spool))
     writer.put(2, {"n": 2, "text": "é"})
     writer.put(4, {"n": 4})
     assert stream.getvalue() == "" and writer.pending == 2
@@ -41,7 +45,7 @@ def test_out_of_order_puts_are_written_in_order_and_the_spool_is_removed(tmp_pat
     assert [r["n"] for r in lines(stream)] == [0, 1, 2]
     writer.put(3, {"n": 3})
     assert [r["n"] for r in lines(stream)] == [0, 1, 2, 3, 4]
-    assert writer.pending == 0
+    assert writer.pending == 0 and writer.complete
     assert lines(stream)[2]["text"] == "é"
     writer.close()
     assert not spool.exists()
@@ -49,7 +53,7 @@ def test_out_of_order_puts_are_written_in_order_and_the_spool_is_removed(tmp_pat
 
 def test_in_order_puts_never_create_a_spool(tmp_path):
     stream = io.StringIO()
-    writer = OrderedWriter(stream, 2, tmp_path / "s.jsonl")
+    writer = OrderedWriter(stream, range(2), Spool(tmp_path / "s.jsonl"))
     writer.put(0, {"n": 0})
     writer.put(1, {"n": 1})
     writer.close()
@@ -57,10 +61,22 @@ def test_in_order_puts_never_create_a_spool(tmp_path):
     assert [r["n"] for r in lines(stream)] == [0, 1]
 
 
+def test_an_order_of_some_positions_only(tmp_path):
+    """A shard writes some of the input's records, in input order."""
+    stream = io.StringIO()
+    writer = OrderedWriter(stream, [1, 4, 7], Spool(tmp_path / "s.jsonl"))
+    writer.put(7, {"n": 7})
+    writer.put(1, {"n": 1})
+    assert [r["n"] for r in lines(stream)] == [1]
+    writer.put(4, {"n": 4})
+    assert [r["n"] for r in lines(stream)] == [1, 4, 7] and writer.complete
+
+
 def test_an_early_end_keeps_the_spool_and_names_it(tmp_path, capsys):
     stream = io.StringIO()
-    spool = tmp_path / "deep" / "out.spool.jsonl"
-    writer = OrderedWriter(stream, 4, spool)
+    spool = tmp_path / "deep" / "spool.jsonl"
+    spool.parent.mkdir()
+    writer = OrderedWriter(stream, range(4), Spool(spool))
     writer.put(0, {"n": 0})
     writer.put(2, {"n": 2})
     writer.put(3, {"n": 3})
@@ -71,12 +87,67 @@ def test_an_early_end_keeps_the_spool_and_names_it(tmp_path, capsys):
     assert "run ended early" in err and str(spool) in err
 
 
-def test_spool_paths(tmp_path, monkeypatch):
-    assert spool_path_for(tmp_path / "o.jsonl") == tmp_path / "o.jsonl.spool.jsonl"
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    path = spool_path_for(None)
-    assert path.parent == tmp_path / "cache" / "gpt-simple" / "spool"
-    assert path.name.startswith("run-") and path.name.endswith(".spool.jsonl")
+def test_an_existing_spool_file_or_link_is_never_written_through(tmp_path):
+    target = tmp_path / "someone-elses.txt"
+    target.write_text("precious")
+    (tmp_path / "spool.jsonl").symlink_to(target)
+    writer = OrderedWriter(io.StringIO(), range(3), Spool(tmp_path / "spool.jsonl"))
+    with pytest.raises(OutputFailed, match="File exists"):
+        writer.put(2, {"n": 2})
+    assert target.read_text() == "precious"
+    writer.close()
+    assert target.read_text() == "precious" and (tmp_path / "spool.jsonl").is_symlink()
+
+
+def test_a_stdout_spool_is_private_and_removed(tmp_path):
+    root = tmp_path / "cache" / "spool"
+    spool = Spool.private(root)
+    writer = OrderedWriter(io.StringIO(), range(2), spool)
+    writer.put(1, {"n": 1})
+    folder = spool.private_dir
+    assert folder is not None and folder.parent == root and folder.name.startswith("run-")
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert (folder / "owner").read_text() == str(os.getpid())
+    writer.put(0, {"n": 0})
+    writer.close()
+    assert not folder.exists()
+
+
+def test_stale_spools_of_dead_runs_are_removed_and_nothing_else(tmp_path, capsys):
+    root = tmp_path / "spool"
+    dead, alive, young, foreign = (root / f"run-{name}" for name in ("dead", "alive", "young", "x"))
+    for folder, pid in ((dead, 2**22 + 7), (alive, os.getpid()), (young, 2**22 + 7)):
+        folder.mkdir(parents=True)
+        (folder / "owner").write_text(str(pid))
+    foreign.mkdir()  # no owner file: not ours
+    old = time.time() - 2 * STALE_SECONDS
+    for folder in (dead, alive):
+        os.utime(folder / "owner", (old, old))
+    removed = clean_stale_spools(root)
+    assert removed == [dead]
+    assert alive.exists() and young.exists() and foreign.exists()
+    assert "removed stale spools of dead runs" in capsys.readouterr().err
+
+
+def test_a_full_disk_cuts_the_file_back_to_whole_lines(tmp_path):
+    class FullDisk(io.StringIO):
+        def __init__(self) -> None:
+            super().__init__()
+            self.room = 60
+
+        def write(self, text: str) -> int:
+            if self.tell() + len(text) > self.room:
+                super().write(text[: self.room - self.tell()])  # a partial line reaches it
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(text)
+
+    stream = FullDisk()
+    writer = OrderedWriter(stream, range(5), Spool(tmp_path / "s.jsonl"), name="out.jsonl")
+    writer._seekable = True  # a StringIO stands in for a regular file here
+    writer.put(0, {"n": 0, "pad": "x" * 20})
+    with pytest.raises(OutputFailed, match=r"cannot write out\.jsonl: No space left on device"):
+        writer.put(1, {"n": 1, "pad": "x" * 20})
+    assert stream.getvalue().endswith("\n") and len(lines(stream)) == 1
 
 
 # Real runs, interrupted ----------------------------------------------------------------
@@ -136,7 +207,7 @@ def wait_for_load(proc: subprocess.Popen, model: str, folder: Path) -> list[dict
 
 def recovered(folder: Path) -> tuple[list[dict], list[dict]]:
     output = read_jsonl(folder / "out.jsonl")
-    spool_file = folder / "out.jsonl.spool.jsonl"
+    spool_file = folder / "out.jsonl.gpt-simple" / "spool.jsonl"
     spool = spooled(spool_file) if spool_file.exists() else []
     return output, spool
 
@@ -164,12 +235,11 @@ def reference(folder: Path, source: Path) -> dict[int, dict]:
     """The same run, uninterrupted and without the delay (which does not change results)."""
     for name in MODELS:
         write_toy_checkpoint(folder / name, script=name * 4)
-    (folder / "out.jsonl").unlink()
     result = run_toy_cli(
-        ["batch-generate", "--input", str(source), "--output", "out.jsonl", *FLAGS], cwd=folder
+        ["batch-generate", "--input", str(source), "--output", "ref.jsonl", *FLAGS], cwd=folder
     )
     assert result.returncode == 0, result.stderr
-    return {r["id"]: r for r in read_jsonl(folder / "out.jsonl")}
+    return {r["id"]: r for r in read_jsonl(folder / "ref.jsonl")}
 
 
 def test_sigkill_mid_run_loses_nothing_finished(tmp_path, interleaved):
@@ -183,7 +253,7 @@ def test_sigkill_mid_run_loses_nothing_finished(tmp_path, interleaved):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
-    assert (tmp_path / "out.jsonl.spool.jsonl").exists()
+    assert (tmp_path / "out.jsonl.gpt-simple" / "spool.jsonl").exists()
     got = check_nothing_lost_or_duplicated(tmp_path, finished_models={"a", "b"})
     assert len(got) < 3 * PER_MODEL  # it really was killed mid-run
     expected = reference(tmp_path, interleaved)
@@ -205,9 +275,10 @@ def test_sigterm_exits_143_and_keeps_the_spool(tmp_path, interleaved):
     events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     names = [e.get("event", "") for e in events]
     assert any("stopped (SIGTERM)" in n for n in names)
+    spool = tmp_path / "out.jsonl.gpt-simple" / "spool.jsonl"
     kept = [e for e in events if "run ended early" in e.get("event", "")]
-    assert kept and tmp_path / kept[0]["spool"] == tmp_path / "out.jsonl.spool.jsonl"
-    assert (tmp_path / "out.jsonl.spool.jsonl").exists()
+    assert kept and Path(kept[0]["spool"]) == spool
+    assert spool.exists()
     got = check_nothing_lost_or_duplicated(tmp_path, finished_models={"a"})
     assert all("error" not in r for r in got.values()), "SIGTERM must not become record errors"
     assert not any(e.get("event") == "loading" and e["checkpoint"].endswith("/c") for e in events)

@@ -6,13 +6,16 @@ The model's logits are a pseudo-random function of each row's own history (so ba
 matter), plus a bonus on the next character of an optional ``script`` (so tests can steer text).
 Knobs in ``toy.json``: ``script`` (str), ``script_bonus`` (float), ``eos_after`` (emit EOS after
 that many generated tokens), ``fail_load`` (bool), ``poison`` (a character whose presence in a
-row's history makes forward raise), ``delay`` (seconds per forward call), ``context`` (int).
+row's history makes forward raise), ``delay`` (seconds per forward call; ``$TOY_DELAY`` overrides
+it without changing the checkpoint, so slow runs and fast ones write the same output),
+``context`` (int).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -87,8 +90,9 @@ class ToyModel(LoadedModel):
 
     def forward(self, rows: Sequence[int], tokens: Sequence[Sequence[int]]) -> np.ndarray:
         self.calls.append(list(rows))
-        if self.settings.get("delay"):
-            time.sleep(self.settings["delay"])
+        delay = float(os.environ.get("TOY_DELAY") or self.settings.get("delay") or 0)
+        if delay:
+            time.sleep(delay)
         poison = self.settings.get("poison")
         out = np.empty((len(rows), LOGITS_WIDTH), dtype=np.float32)
         for i, (row, new) in enumerate(zip(rows, tokens, strict=True)):

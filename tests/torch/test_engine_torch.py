@@ -90,7 +90,7 @@ def test_generate_runs_the_embedded_model(tmp_path: Path):
     assert output["meta"]["checkpoint"].endswith("builtin_models/default")
     assert output["meta"]["backend"] == "torch"
     assert len(output["completion"]) > 40
-    assert "embedded default model" in result.stderr
+    assert "use the embedded one" in result.stderr
 
 
 def test_batch_mixing_builtin_and_a_run_dir_loads_each_once(tmp_path: Path):

@@ -1,0 +1,113 @@
+"""Where records come from: a file, a pipe or FIFO (``<(...)``), or stdin, read once.
+
+The input is streamed line by line, never loaded whole: it is hashed on the way (a resumed run
+checks it is the same input) and each line is capped at :data:`MAX_LINE_BYTES` (an endless
+line, ``/dev/zero``, would otherwise grow without bound). A line over the cap is a problem of
+that line, and reading stops there: nothing after it can be trusted to be a line at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import attrs
+
+from gpt_simple_core.errors import ConfigError
+from gpt_simple_core.records.parse import Record, parse_lines
+from gpt_simple_core.records.problems import Problem
+
+#: The longest input line read, in bytes (``--max-line-bytes``): far above any real prompt.
+MAX_LINE_BYTES = 64 << 20
+STDIN = "-"
+
+
+@attrs.define
+class InputDigest:
+    """What was read: the name problems use, the file (``None`` for stdin) and its sha256."""
+
+    name: str
+    path: Path | None
+    sha256: str = ""
+    bytes: int = 0
+
+
+def _check_readable(source: str) -> Path:
+    """``source`` as a path that can be read as a stream, or a :class:`ConfigError` saying
+    precisely why not (missing, a directory, unreadable)."""
+    path = Path(source).expanduser()
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ConfigError(f"input file {source} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"input file {source}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(mode):
+        raise ConfigError(f"input {source} is a directory, not a JSONL file")
+    if not os.access(path, os.R_OK):
+        raise ConfigError(f"input file {source} is not readable (permission denied)")
+    return path
+
+
+class _HashingLines:
+    """Lines of a binary stream, each at most ``limit`` bytes, hashed as they pass."""
+
+    def __init__(self, stream: IO[bytes], digest: InputDigest, limit: int) -> None:
+        self.stream = stream
+        self.digest = digest
+        self.limit = limit
+        self.hash = hashlib.sha256()
+        self.too_long: int | None = None  # the line number that broke the cap
+
+    def __iter__(self) -> Iterator[bytes]:
+        number = 0
+        while True:
+            line = self.stream.readline(self.limit + 1)
+            if not line:
+                break
+            number += 1
+            self.hash.update(line)
+            self.digest.bytes += len(line)
+            if len(line) > self.limit and not line.endswith(b"\n"):
+                self.too_long = number
+                yield b""  # keeps the numbering; the problem is reported by read_records
+                break
+            yield line
+        self.digest.sha256 = self.hash.hexdigest()
+
+
+def read_records(
+    source: str, *, allow_blocks: bool = True, max_line_bytes: int = MAX_LINE_BYTES
+) -> tuple[list[Record], list[Problem], InputDigest]:
+    """Parse the JSONL records of ``source`` (a path, a FIFO, ``/dev/fd/N``, or ``-`` for
+    stdin); every structural problem is returned, none raised."""
+    if source == STDIN:
+        digest = InputDigest("<stdin>", None)
+        return _read(sys.stdin.buffer, digest, allow_blocks, max_line_bytes)
+    path = _check_readable(source)
+    digest = InputDigest(source, path)
+    try:
+        with path.open("rb") as stream:
+            return _read(stream, digest, allow_blocks, max_line_bytes)
+    except OSError as exc:
+        raise ConfigError(f"input file {source}: {exc.strerror or exc}") from None
+
+
+def _read(
+    stream: IO[bytes], digest: InputDigest, allow_blocks: bool, limit: int
+) -> tuple[list[Record], list[Problem], InputDigest]:
+    lines = _HashingLines(stream, digest, limit)
+    records, problems = parse_lines(lines, allow_blocks=allow_blocks)
+    if lines.too_long is not None:
+        message = (
+            f"line is longer than {limit} bytes (the limit, --max-line-bytes); reading stopped here"
+        )
+        problems.append(Problem(lines.too_long, "", message))
+    if not digest.sha256:
+        digest.sha256 = lines.hash.hexdigest()
+    return records, problems, digest
