@@ -1,4 +1,5 @@
-"""Test sessions: ``python3 -m nox`` runs them all (what CI runs); ``-s NAME`` runs one.
+"""Test sessions: ``.venv-nox/bin/nox`` runs them all (what CI runs; the README's test
+command puts nox in that virtualenv); ``-s NAME`` runs one.
 
 Every install goes through ``constraints.txt``, which pins torch to the local CPU wheel: a bare
 ``torch`` requirement in a fresh virtualenv would download GBs of CUDA packages. The
@@ -13,7 +14,7 @@ import nox
 
 nox.options.default_venv_backend = "virtualenv"
 nox.options.sessions = [
-    "lint", "tests", "native", "torch", "onnx", "plugin_template", "docs", "compat",
+    "lint", "tests", "native", "torch", "onnx", "plugin_template", "ray", "docs", "compat",
 ]  # fmt: skip
 nox.options.error_on_missing_interpreters = True
 
@@ -88,6 +89,13 @@ def docs(session: nox.Session) -> None:
     """The documentation builds without warnings."""
     session.install(*CONSTRAINTS, ".[docs]")
     session.run("mkdocs", "build", "--strict", "--site-dir", f"{session.create_tmp()}/site")
+
+
+@nox.session(python=PYTHON)
+def ray(session: nox.Session) -> None:
+    """The Ray executor on a local Ray cluster the tests start on loopback and stop again."""
+    session.install(*CONSTRAINTS, ".[ray,test]")
+    run_pytest(session, "tests/ray")
 
 
 @nox.session(python=PYTHON)

@@ -7,7 +7,8 @@
 4. pre-flight: ``--dry-run`` over 100,000 records and 10 checkpoints;
 5. load: peak RSS growth while loading the GPT-2-small checkpoint;
 6. contention: the sweep again with one core kept busy, and torch's naive defaults;
-7. int8: single stream through an int8 ONNX export, with the logits drift.
+7. int8: single stream through an int8 ONNX export, with the logits drift;
+8. scale-out: the multi-model records as 2 shards side by side, merged, vs 1 process.
 
 llama.cpp (``llama-cpp-python`` and ``gguf``, optional) joins 1 and 2 on the same weights as
 GGUF (``benchmarks/gguf_export.py``, ``benchmarks/workers/llama_cpp.py``).
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -162,6 +165,7 @@ class Suite:
             (5, self.load),
             (6, self.contention),
             (7, self.int8),
+            (8, self.scale_out),
         ]
         for number, step in steps:
             if number in self.scenarios:
@@ -556,6 +560,54 @@ class Suite:
                 met=ok and multi.wall <= 1.1 * total and loads == len(names),
                 background=max([multi.background] + [m.background for m in singles]),
                 note=f"singles {total:.1f} s; {loads} loads",
+            )
+        )
+
+    # 8. Scale-out -----------------------------------------------------------------------------
+    def scale_out(self) -> None:
+        """Scale-out: the multi-model records as 2 shards side by side (merged) vs 1 process."""
+        checkpoints = [models.checkpoint(models.MID, seed) for seed in range(self.profile.models)]
+        records = models.sweep_records(
+            self.profile.sweep_records,
+            tokenizer_size=models.MID.tokenizer_size,
+            checkpoints=[str(c) for c in checkpoints],
+        )
+        source = models.write_jsonl(self.work / "scale-out.jsonl", records)
+        tokens = sum(r["generation"]["max_new_tokens"] for r in records)
+        whole = self.gpt_simple_sweep(source, tokens, "--seed", "1")
+        reference = (self.work / "out.jsonl").read_bytes() if whole.ok else b""
+        started = time.monotonic()
+        shards = []
+        for index in range(2):
+            output = self.work / f"shard-{index}.jsonl"
+            output.unlink(missing_ok=True)
+            argv = [sys.executable, "-c", CLI, "batch-generate", "--input", str(source)]
+            argv += ["--output", str(output), "--seed", "1", "--threads", "1", "--overwrite"]
+            argv += ["--shard", f"{index}/2"]
+            shards.append(subprocess.Popen(argv, env=tool_env(), stderr=subprocess.PIPE, text=True))
+        errors = [proc.communicate()[1] for proc in shards]
+        merged = self.work / "merged.jsonl"
+        merged.unlink(missing_ok=True)
+        outputs = [str(self.work / f"shard-{i}.jsonl") for i in range(2)]
+        argv = [sys.executable, "-c", CLI, "merge", *outputs, "--input", str(source)]
+        merge = subprocess.run(
+            [*argv, "--output", str(merged)], env=tool_env(), capture_output=True, text=True
+        )
+        wall = time.monotonic() - started
+        ok = whole.ok and merge.returncode == 0 and all(p.returncode == 0 for p in shards)
+        same = ok and merged.read_bytes() == reference
+        loads = sum(err.count("] loading ") for err in errors)
+        self.add(
+            Row(
+                "8 scale-out",
+                "2 shards side by side (1 thread each) + merge vs 1 process (2 threads)",
+                wall if ok else None,
+                "s",
+                ratio=whole.wall / wall if ok else None,
+                ratio_label="vs 1 process",
+                background=whole.background,
+                note=f"1 process {whole.wall:.1f} s; {loads} loads over the shards; "
+                f"merged output {'identical' if same else 'DIFFERENT'}",
             )
         )
 

@@ -3,10 +3,12 @@
 The public Python API. Shapes follow the gpt-simple trainer's own API, so scripts written for
 it keep working::
 
-    from gpt_simple import load_for_inference, generate
+    from gpt_simple import generate, load_for_inference, stream
 
     model, tokenizer, config = load_for_inference("runs/my-run", dtype="fp32")
     print(generate(model, tokenizer, ["The assert statement"], do_sample=False)[0])
+    for piece in stream(model, tokenizer, "The try statement", do_sample=False):
+        print(piece, end="", flush=True)
 
 Plugin authors import from :mod:`gpt_simple.plugins` instead. The API functions are imported
 on first use, so ``import gpt_simple.plugins`` (what every plugin does, even for a dry-run)
@@ -30,20 +32,26 @@ from gpt_simple_core.errors import (
 
 if TYPE_CHECKING:
     from gpt_simple_core.api import (
+        StreamEvent,
         ValidatedCheckpoint,
         batch_generate,
         generate,
         generate_records,
         load_for_inference,
+        run_on_ray,
+        stream,
         validate_checkpoint,
     )
 
 _API = {
+    "StreamEvent",
     "ValidatedCheckpoint",
     "batch_generate",
     "generate",
     "generate_records",
     "load_for_inference",
+    "run_on_ray",
+    "stream",
     "validate_checkpoint",
 }
 
@@ -53,6 +61,7 @@ __all__ = [
     "ConfigError",
     "GenerationError",
     "GptSimpleError",
+    "StreamEvent",
     "TokenizerError",
     "ValidatedCheckpoint",
     "__version__",
@@ -60,6 +69,8 @@ __all__ = [
     "generate",
     "generate_records",
     "load_for_inference",
+    "run_on_ray",
+    "stream",
     "validate_checkpoint",
 ]
 

@@ -45,6 +45,8 @@ from gpt_simple_core.protocol import (
     Tokenizer,
     normalize_dtype,
 )
+from gpt_simple_core.strict_json import loads as loads_json
+from gpt_simple_core.strict_json import read as read_json
 
 __all__ = [
     "AUTO",
@@ -74,6 +76,8 @@ __all__ = [
     "TokenizerError",
     "hookimpl",
     "install_command",
+    "loads_json",
     "normalize_dtype",
+    "read_json",
     "usable_cpus",
 ]

@@ -7,22 +7,34 @@ Shapes follow the trainer's own API (``gpt-simple-lm``), so scripts written for 
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from queue import Empty, Queue
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, overload
+
+import attrs
 
 from gpt_simple_core import logs
 from gpt_simple_core.checkpoints.info import CheckpointInfo
 from gpt_simple_core.checkpoints.resolve import resolve_checkpoint
+from gpt_simple_core.engine.executor import Executor
 from gpt_simple_core.engine.result import RunResult
+from gpt_simple_core.engine.stop import Stop
 from gpt_simple_core.errors import ConfigError, GenerationError
 from gpt_simple_core.output.sinks import MemorySink
-from gpt_simple_core.protocol import Tokenizer
+from gpt_simple_core.protocol import LoadedModel, Tokenizer
 from gpt_simple_core.records.parse import Record, parse_generation
 from gpt_simple_core.registry import Registry, default_registry
 from gpt_simple_core.session import Session
 from gpt_simple_core.settings import RunOptions, Settings, with_default_model
+from gpt_simple_core.wording import noun, plural
+
+if TYPE_CHECKING:
+    from gpt_simple_core.engine.token_sequence import TokenSequence
 
 
 class _CheckpointFields(NamedTuple):
@@ -127,6 +139,62 @@ def generate_records(
     so repeated prompts differ; the effective seed is in each record's ``generation``. Bad
     arguments raise :class:`~gpt_simple_core.errors.ConfigError` naming each one.
     """
+    prepared = _prepare(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        do_sample=do_sample,
+        repetition_penalty=repetition_penalty,
+        seed=seed,
+        return_full_text=return_full_text,
+        min_p=min_p,
+        stop=stop,
+        stop_token_ids=stop_token_ids,
+        ignore_eos=ignore_eos,
+        batch_size=batch_size,
+        registry=registry,
+    )
+    sink = MemorySink()
+    prepared.session.generate(prepared.model, prepared.records, sink, meta=prepared.meta)
+    return sink.in_order()
+
+
+class _Prepared(NamedTuple):
+    """What a call of the API generates with: its session, the model as the engine drives
+    it, the prompts as records, and the ``meta`` every output record starts with."""
+
+    session: Session
+    model: LoadedModel
+    records: list[Record]
+    meta: dict[str, Any]
+
+
+def _prepare(
+    model: Any,
+    tokenizer: Any,
+    prompts: str | Iterable[str],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    do_sample: bool,
+    repetition_penalty: float,
+    seed: int | None,
+    return_full_text: bool,
+    min_p: float,
+    stop: str | Sequence[str] | None,
+    stop_token_ids: Sequence[int] | None,
+    ignore_eos: bool,
+    batch_size: int | None,
+    registry: Registry | None,
+) -> _Prepared:
+    """The trainer-shaped keyword arguments checked and turned into what the session runs
+    (shared by :func:`generate_records` and :func:`stream`, so both check alike)."""
     raw_generation = {
         "max_new_tokens": max_new_tokens,
         "temperature": temperature,
@@ -152,14 +220,12 @@ def generate_records(
     settings = Settings(run=_run_options(batch_size=batch_size), generation=generation)
     session = _session(settings, registry)
     loaded = session.adopt(model, tokenizer)
-    sink = MemorySink()
     meta = {
         "dtype": loaded.dtype,
         "device": loaded.device,
         **({"notes": dict(loaded.notes)} if loaded.notes else {}),
     }
-    session.generate(loaded, records, sink, meta=meta)
-    return sink.in_order()
+    return _Prepared(session, loaded, records, meta)
 
 
 def generate(
@@ -182,12 +248,12 @@ def generate(
         from gpt_simple_core.records.converter import did_you_mean
 
         hints = "; ".join(f"{k}{did_you_mean(k, _GENERATE_KEYWORDS)}" for k in unknown)
-        raise TypeError(f"generate() got unexpected keyword argument(s): {hints}")
+        raise TypeError(f"generate() got {_unexpected(len(unknown))}: {hints}")
     records = generate_records(model, tokenizer, prompts, **options)
     errors = [(i, r["error"]) for i, r in enumerate(records) if "error" in r]
     if errors:
         detail = "; ".join(f"prompt {i}: {e['type']}: {e['message']}" for i, e in errors[:5])
-        raise GenerationError(f"{len(errors)} prompt(s) failed: {detail}")
+        raise GenerationError(f"{plural(len(errors), 'prompt')} failed: {detail}")
     return [r["completion"] for r in records]
 
 
@@ -198,6 +264,138 @@ _GENERATE_KEYWORDS = frozenset(
     ]
     if name not in ("model", "tokenizer", "prompts")
 )
+
+
+_DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(generate_records).parameters.items()
+    if name in _GENERATE_KEYWORDS
+}
+#: One prompt streams: batching has nothing to do.
+_STREAM_KEYWORDS = _GENERATE_KEYWORDS - {"batch_size"}
+
+
+@attrs.frozen
+class StreamEvent:
+    """One token of a :func:`stream` with ``events=True``.
+
+    ``text`` is what the token adds to the completion (``""`` while the token is only part of
+    a character, or may be the start of a stop string; the text comes with a later event),
+    ``token_id`` the token sampled (the EOS or stop id too, whose text is never part of the
+    completion), ``finish_reason`` is set on the last event only (``eos``, ``stop``,
+    ``length``). The ``text`` of all events adds up to the completion.
+    """
+
+    text: str
+    token_id: int | None
+    finish_reason: str | None = None
+
+
+@overload
+def stream(
+    model: Any, tokenizer: Any, prompt: str, *, events: Literal[False] = False, **options: Any
+) -> Iterator[str]: ...
+
+
+@overload
+def stream(
+    model: Any, tokenizer: Any, prompt: str, *, events: Literal[True], **options: Any
+) -> Iterator[StreamEvent]: ...
+
+
+def stream(
+    model: Any, tokenizer: Any, prompt: str, *, events: bool = False, **options: Any
+) -> Iterator[str] | Iterator[StreamEvent]:
+    """Complete ``prompt``, yielding the completion's text as it is decoded.
+
+    Takes :func:`generate`'s keyword arguments (but ``batch_size``). The pieces are whole
+    characters (a character split across tokens comes when its last byte does), and text that
+    could be the start of a ``stop`` string is held back until it is known not to be one, so
+    ``"".join(stream(...))`` is exactly what :func:`generate` returns for the same arguments
+    and seed. With ``events=True`` it yields a :class:`StreamEvent` per token instead (with
+    its id). Arguments are checked when ``stream`` is called; a prompt that fails raises
+    :class:`~gpt_simple_core.errors.GenerationError` from the iteration.
+
+    The tokens are decoded in a background thread by the same engine as :func:`generate`;
+    leaving the loop early (``break``, an exception, Ctrl-C) stops it after the current
+    decode step.
+    """
+    unknown = sorted(set(options) - _STREAM_KEYWORDS)
+    if unknown:
+        from gpt_simple_core.records.converter import did_you_mean
+
+        hints = "; ".join(f"{k}{did_you_mean(k, _STREAM_KEYWORDS)}" for k in unknown)
+        raise TypeError(f"stream() got {_unexpected(len(unknown))}: {hints}")
+    if not isinstance(prompt, str):
+        raise TypeError(f"stream() takes one prompt (a str), not {type(prompt).__name__}")
+    prepared = _prepare(model, tokenizer, [prompt], **{**_DEFAULTS, **options})
+    return _streamed(prepared, events)
+
+
+class _Relay:
+    """The sink of a stream's decode thread: each token's text onto the queue, then the
+    record; :func:`_streamed` reads them in the caller's thread."""
+
+    def __init__(self, queue: Queue[Any]) -> None:
+        self.queue = queue
+
+    def on_token(self, seq: TokenSequence, piece: str) -> None:
+        self.queue.put(StreamEvent(piece, seq.last_token, seq.finish_reason))
+
+    def put(self, index: int, record: dict[str, Any]) -> None:
+        self.queue.put(record)
+
+
+def _streamed(prepared: _Prepared, events: bool) -> Iterator[Any]:
+    """Run the decode loop in a thread (it pushes tokens; an iterator is pulled) and yield
+    what it relays; closing the iterator early stops the thread between two steps."""
+    queue: Queue[Any] = Queue()
+    stop = Stop()
+    done = object()
+
+    def decode() -> None:
+        try:
+            prepared.session.generate(
+                prepared.model, prepared.records, _Relay(queue), meta=prepared.meta, stop=stop
+            )
+        except BaseException as exc:  # anything: it is raised in the caller's thread
+            queue.put(exc)
+        queue.put(done)
+
+    worker = threading.Thread(target=decode, name="gpt-simple-stream", daemon=True)
+    worker.start()
+    try:
+        while True:
+            try:
+                item = queue.get(timeout=0.1)  # a timeout, so Ctrl-C is not held up
+            except Empty:
+                continue
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            if isinstance(item, dict):  # the finished record
+                if "error" in item:
+                    error = item["error"]
+                    raise GenerationError(f"the prompt failed: {error['type']}: {error['message']}")
+                continue
+            if events:
+                yield item
+            elif item.text:
+                yield item.text
+    finally:
+        if worker.is_alive():
+            with contextlib.suppress(BaseException):
+                stop.request("stream closed")
+            worker.join()
+
+
+def _unexpected(count: int) -> str:
+    return f"unexpected keyword {noun(count, 'argument')}"
+
+
+def _invalid(count: int) -> str:
+    return f"invalid {noun(count, 'argument')}: "
 
 
 def _session(settings: Settings, registry: Registry | None) -> Session:
@@ -215,7 +413,7 @@ def _api_block(raw: dict[str, Any], kind: str) -> Any:
     spec, problems = parse(raw, path="")
     if problems or spec is None:
         raise ConfigError(
-            "invalid argument(s): " + "; ".join(f"{p.field}: {p.message}" for p in problems)
+            _invalid(len(problems)) + "; ".join(f"{p.field}: {p.message}" for p in problems)
         )
     return spec
 
@@ -228,7 +426,7 @@ def _run_options(**values: Any) -> RunOptions:
     )
     if problems or run is None:
         raise ConfigError(
-            "invalid argument(s): " + "; ".join(f"{p.field}: {p.message}" for p in problems)
+            _invalid(len(problems)) + "; ".join(f"{p.field}: {p.message}" for p in problems)
         )
     return run
 
@@ -244,6 +442,7 @@ def batch_generate(
     model: Mapping[str, Any] | None = None,
     generation: Mapping[str, Any] | None = None,
     registry: Registry | None = None,
+    executor: Executor | None = None,
 ) -> RunResult:
     """``gpt-simple batch-generate --input INPUT --output OUTPUT``: a self-describing sweep
     into a file, with the CLI's guarantees (docs/long-sweeps.md): an existing output is never
@@ -252,7 +451,8 @@ def batch_generate(
 
     ``model`` and ``generation`` are the defaults of records that do not say otherwise (a
     config file's ``[model]`` and ``[generation]`` tables; ``generation["seed"]`` is the run
-    seed). Returns the :class:`RunResult`; structural problems of the input raise
+    seed). ``executor`` runs the groups (default: this process; see :func:`run_on_ray`).
+    Returns the :class:`RunResult`; structural problems of the input raise
     :class:`ConfigError` listing every one with its line.
     """
     from gpt_simple_core.jobs.output import OutputJob, OutputMode
@@ -262,7 +462,7 @@ def batch_generate(
     layers = {k: dict(v) for k, v in (("model", model), ("generation", generation)) if v}
     settings, problems = settings_from_mapping(layers, "arguments")
     if problems:
-        raise ConfigError("invalid argument(s): " + "; ".join(p.render("") for p in problems))
+        raise ConfigError(_invalid(len(problems)) + "; ".join(p.render("") for p in problems))
     settings = with_default_model(settings)
     mode = OutputMode(resume=resume, force=force, overwrite=overwrite, retry_errors=retry_errors)
     source = os.fspath(input)
@@ -273,4 +473,20 @@ def batch_generate(
         planned = session.plan(records, found, source=digest.name)
         if not planned.plan.ok:
             raise ConfigError("\n".join(p.render() for p in planned.plan.problems))
-        return job.run(session, planned, digest)
+        return job.run(session, planned, digest, executor=executor)
+
+
+def run_on_ray(
+    input: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    address: str | None = "auto",
+    **options: Any,
+) -> RunResult:
+    """:func:`batch_generate` on the Ray cluster at ``address`` (``auto``: the one this
+    machine belongs to; ``ray://HOST:PORT``: through Ray Client): one actor per model group,
+    records streamed back into ``output`` with the same guarantees (order, resume). Needs the
+    ``[ray]`` extra."""
+    from gpt_simple_core.engine.ray_executor import RayExecutor
+
+    return batch_generate(input, output, executor=RayExecutor(address), **options)

@@ -4,18 +4,77 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import IO
 
 import structlog
 
 LEVELS = ("debug", "info", "warning", "error")
 
 
+CLEAR_LINE = "\r\x1b[K"  # back to the start of the line, then erase it
+
+
+class LiveLine:
+    """The one status line redrawn in place on a terminal (``\\r``), such as the progress line.
+
+    A log line written while it is shown would start in the middle of it and leave its
+    remains on screen, so the log stream asks it to step aside: :meth:`clear` erases it before
+    the log line, :meth:`redraw` puts it back below once the log line is complete.
+    """
+
+    def __init__(self) -> None:
+        self.text: str | None = None  # what the line says (None: no live line)
+        self.shown = False  # whether it is on screen now
+        self.stream: IO[str] | None = None
+
+    def draw(self, stream: IO[str], text: str) -> None:
+        """Show ``text`` as the live line of ``stream`` (replacing what it said)."""
+        self.stream, self.text, self.shown = stream, text, True
+        stream.write(CLEAR_LINE + text)
+        stream.flush()
+
+    def clear(self, stream: IO[str]) -> None:
+        """Erase the live line if it is shown on ``stream`` (it stays live: see redraw)."""
+        if self.shown and self.stream is stream:
+            stream.write(CLEAR_LINE)
+            self.shown = False
+
+    def redraw(self, stream: IO[str]) -> None:
+        """Show the live line again on ``stream`` after something else was written there."""
+        if self.text is not None and not self.shown and self.stream is stream:
+            stream.write(self.text)
+            stream.flush()
+            self.shown = True
+
+    def end(self) -> None:
+        """Leave the last text on screen, on its own line; there is no live line after."""
+        if self.text is not None and self.stream is not None:
+            if not self.shown:
+                self.stream.write(self.text)
+            self.stream.write("\n")
+            self.stream.flush()
+        self.text, self.shown, self.stream = None, False, None
+
+
+#: The live line of this process (there is one stderr, so one live line).
+LIVE_LINE = LiveLine()
+
+
 class _CurrentStderr:
     """Writes to whatever ``sys.stderr`` is at the time of writing, not when logging was
-    configured: a notebook or a test harness that swaps ``sys.stderr`` still gets the logs."""
+    configured: a notebook or a test harness that swaps ``sys.stderr`` still gets the logs.
+
+    A log line never lands on the live progress line: the live line is erased first and
+    redrawn once the log line ends (structlog prints the line, then its newline).
+    """
 
     def write(self, text: str) -> int:
-        return sys.stderr.write(text)
+        stream = sys.stderr
+        LIVE_LINE.clear(stream)
+        written = stream.write(text)
+        if text.endswith("\n"):
+            LIVE_LINE.redraw(stream)
+        return written
 
     def flush(self) -> None:
         sys.stderr.flush()

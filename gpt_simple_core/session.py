@@ -16,20 +16,22 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import structlog
 
 from gpt_simple_core import logs
 from gpt_simple_core.checkpoints.info import CheckpointInfo
+from gpt_simple_core.engine.executor import Executor, LocalExecutor
 from gpt_simple_core.engine.groups import GroupRun, resolve_groups
 from gpt_simple_core.engine.result import RunResult
 from gpt_simple_core.engine.stop import Stop
 from gpt_simple_core.errors import BackendError, CheckpointError, ConfigError
 from gpt_simple_core.output.progress import Progress
 from gpt_simple_core.output.sinks import Sink
-from gpt_simple_core.plan.planner import Planned, Planner
+from gpt_simple_core.plan.planned import Planned
+from gpt_simple_core.plan.planner import Planner
 from gpt_simple_core.plan.preflight import structure_options
 from gpt_simple_core.protocol import LoadedModel
 from gpt_simple_core.records.converter import did_you_mean
@@ -38,6 +40,9 @@ from gpt_simple_core.records.problems import Problem
 from gpt_simple_core.records.schema import ModelSpec
 from gpt_simple_core.registry import Registry
 from gpt_simple_core.settings import Settings
+
+if TYPE_CHECKING:  # numpy: the engine's decoding modules are imported when something runs
+    from gpt_simple_core.engine.token_sequence import TokenSequence, TokenSink
 
 log = structlog.get_logger(__name__)
 
@@ -49,6 +54,12 @@ class Session:
     ``progress`` shows progress on stderr while running (the CLI's default; the API is
     quiet). ``cwd`` is where relative checkpoint paths are resolved (default: the working
     directory).
+
+    Streaming: a sink with an ``on_token(seq, piece)`` method (a
+    :class:`~gpt_simple_core.engine.token_sequence.TokenSink`) gets every token's text as it
+    is decoded, through the same decode loop; :meth:`stream_to` adds such a listener to every
+    run of this session whatever its sink (``generate --stream --output FILE``: the JSONL goes
+    to the file, the text to the terminal).
     """
 
     def __init__(
@@ -64,7 +75,15 @@ class Session:
         self.registry = registry
         self.cwd = cwd or Path.cwd()
         self.progress = progress
+        self.listener: TokenSink | None = None
         self._check_backend_tables()
+
+    def stream_to(self, listener: TokenSink) -> None:
+        """Stream the runs of this session to ``listener`` too: its ``on_token`` gets each
+        token's text, its ``put`` each finished record (after the run's own sink). The
+        progress line is turned off: on a terminal it would overwrite the streamed text."""
+        self.listener = listener
+        self.progress = False
 
     def _check_backend_tables(self) -> None:
         """``[backend.NAME]`` tables against each backend's options schema, once."""
@@ -84,6 +103,12 @@ class Session:
         if lines:
             raise ConfigError("\n".join(lines))
 
+    def with_run_seed(self, seed: int) -> Session:
+        """This session with ``seed`` as the run seed (the same registry and options)."""
+        generation = attrs.evolve(self.settings.generation, seed=seed)
+        settings = attrs.evolve(self.settings, generation=generation)
+        return Session(settings, self.registry, cwd=self.cwd, progress=self.progress)
+
     # Planning ------------------------------------------------------------------------------
     def planner(self, source: str) -> Planner:
         return Planner(self.settings, self.registry, source=source, cwd=self.cwd)
@@ -92,8 +117,12 @@ class Session:
         self, records: Sequence[Record], problems: Sequence[Problem] = (), *, source: str
     ) -> Planned:
         """Group ``records`` by model load and check everything without loading anything:
-        the plan lists every problem (``planned.plan.ok`` is false if there is one)."""
-        return self.planner(source).plan(records, problems)
+        the plan lists every problem (``planned.plan.ok`` is false if there is one), and the
+        config files the settings came from."""
+        planned = self.planner(source).plan(records, problems)
+        if self.settings.config_files:
+            planned.plan = attrs.evolve(planned.plan, config_files=self.settings.config_files)
+        return planned
 
     # Running -------------------------------------------------------------------------------
     def run(
@@ -103,16 +132,16 @@ class Session:
         *,
         stop: Stop | None = None,
         skip: Collection[int] = (),
+        executor: Executor | None = None,
     ) -> RunResult:
         """Run a plan without problems; every finished record goes to ``sink``. Records whose
         input position is in ``skip`` are left out (a resumed run has them already), and a
-        group left with none is not loaded."""
+        group left with none is not loaded. ``executor`` runs the groups (default: this
+        process, :class:`~gpt_simple_core.engine.executor.LocalExecutor`)."""
         if not planned.plan.ok:
             raise ConfigError(f"the plan of {planned.plan.input} has problems; nothing was run")
         for warning in planned.plan.warnings:
             log.warning(warning)
-        from gpt_simple_core.engine.run import Engine  # numpy: imported when something runs
-
         groups = planned.groups
         if skip:
             groups = [
@@ -122,8 +151,11 @@ class Session:
             groups = [g for g in groups if g.records]
         total = sum(len(g.records) for g in groups)
         runs = resolve_groups(groups, self.registry)
-        engine = Engine(sink, self.settings.run, progress=self._progress(total), stop=stop)
-        result = engine.run(runs, total)
+        if self.listener is not None:
+            sink = _Streamed(sink, self.listener)
+        result = (executor or LocalExecutor()).run(
+            runs, sink, self.settings.run, progress=self._progress(total), stop=stop
+        )
         counts = {"records": result.written, "failed": result.failed, "tokens": result.tokens}
         if result.stopped is None:
             log.info("done", **counts)
@@ -132,16 +164,27 @@ class Session:
         return result
 
     def generate(
-        self, model: LoadedModel, records: Sequence[Record], sink: Sink, *, meta: dict[str, Any]
+        self,
+        model: LoadedModel,
+        records: Sequence[Record],
+        sink: Sink,
+        *,
+        meta: dict[str, Any],
+        stop: Stop | None = None,
     ) -> RunResult:
-        """Generate ``records`` with a model already loaded (the API's ``generate``): the
-        same parameters, seeds and decode loop as a planned run; ``meta`` is what every
-        output record's ``meta`` starts with."""
+        """Generate ``records`` with a model already loaded (the API's ``generate`` and
+        ``stream``): the same parameters, seeds and decode loop as a planned run; ``meta`` is
+        what every output record's ``meta`` starts with. A ``stop`` that is asked to stop
+        raises :class:`~gpt_simple_core.engine.stop.StopRequested` between two decode steps
+        (a stream that is closed early)."""
         from gpt_simple_core.engine.run import Engine
 
         resolver = self.planner("<api>").generation
         planned = [resolver.planned(record) for record in records]
-        engine = Engine(sink, self.settings.run, progress=self._progress(len(planned)))
+        if self.listener is not None:
+            sink = _Streamed(sink, self.listener)
+        progress = self._progress(len(planned))
+        engine = Engine(sink, self.settings.run, progress=progress, stop=stop)
         engine.decode(model, planned, meta)
         return RunResult(len(planned), engine.written, engine.failed, engine.progress.tokens)
 
@@ -174,6 +217,22 @@ class Session:
             f"{type(model).__name__} is not a model gpt-simple can run: pass what "
             f"load_for_inference returned"
         )
+
+
+class _Streamed:
+    """A run's sink and a streaming listener as one sink: records go to both (the sink
+    first), tokens to the listener."""
+
+    def __init__(self, sink: Sink, listener: TokenSink) -> None:
+        self.sink = sink
+        self.listener = listener
+
+    def put(self, index: int, record: dict[str, Any]) -> None:
+        self.sink.put(index, record)
+        self.listener.put(index, record)
+
+    def on_token(self, seq: TokenSequence, piece: str) -> None:
+        self.listener.on_token(seq, piece)
 
 
 def _load(run: GroupRun) -> LoadedModel:

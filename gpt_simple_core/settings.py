@@ -74,6 +74,9 @@ class Settings:
     #: backend name -> its options from ``[backend.NAME]`` (not yet checked against a schema)
     backend_options: dict[str, Options] = attrs.field(factory=dict)
     source: str | None = None
+    #: the config files this layer (or the layers stacked in it) was read from, lowest first:
+    #: the plan shows them, so a forgotten ``[tool.gpt-simple]`` table is never silent
+    config_files: tuple[str, ...] = ()
 
     def over(self, lower: Settings) -> Settings:
         """This layer stacked on ``lower`` (this one wins where it says something)."""
@@ -86,6 +89,8 @@ class Settings:
             generation=stack(lower.generation, self.generation),
             backend_options=options,
             source=self.source or lower.source,
+            config_files=lower.config_files
+            + tuple(f for f in self.config_files if f not in lower.config_files),
         )
 
     @property
@@ -167,6 +172,9 @@ def load_config(explicit: Path | None, cwd: Path) -> Settings:
     """The config-file layer (empty when there is none); problems raise :class:`ConfigError`."""
     found = find_config_file(explicit, cwd)
     if found is None:
+        log.debug(
+            "no config file", looked_for=[CONFIG_FILE, f"pyproject.toml [tool.{PYPROJECT_TABLE}]"]
+        )
         return Settings()
     path, table = found
     try:
@@ -176,10 +184,24 @@ def load_config(explicit: Path | None, cwd: Path) -> Settings:
     if table is not None:
         data = data.get("tool", {}).get(table, {})
     settings, problems = settings_from_mapping(data, str(path))
+    where = f"{path} [tool.{table}]" if table else str(path)
     if problems:
-        where = f"{path} [tool.{table}]" if table else str(path)
         raise ConfigError("\n".join(p.render(where) for p in problems))
-    return settings
+    # Settings from a file the user may not remember (a pyproject.toml table) change results:
+    # say which file was read, and what it sets.
+    log.info("config file read", file=where, sets=_what_it_sets(data))
+    return attrs.evolve(settings, config_files=(str(path),))
+
+
+def _what_it_sets(data: dict[str, Any]) -> list[str]:
+    """The settings a config table sets, as dotted names (``generation.temperature``)."""
+    names = []
+    for key, value in data.items():
+        if isinstance(value, dict) and key in ("model", "generation", "backend"):
+            names += [f"{key}.{name}" for name in _what_it_sets(value)]
+        else:
+            names.append(key)
+    return names
 
 
 def with_default_model(settings: Settings) -> Settings:

@@ -7,7 +7,6 @@ the ONNX exporter. See ``docs/checkpoints.md``.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from gpt_simple.plugins import CheckpointError
+from gpt_simple.plugins import CheckpointError, read_json
 
 ACTIVATIONS = ("swish", "gelu", "relu")
 MLP_TYPES = ("gated", "mlp")
@@ -23,9 +22,25 @@ NORMS = ("rmsnorm", "layernorm")
 ROPE_SCALING_TYPES = (None, "linear", "ntk")
 
 
+#: The longest context a config may claim: positions are fp32 in RoPE, which stops telling
+#: neighbouring positions apart past 2**24 (and nothing trained is near it).
+MAX_POSITIONS = 1 << 24
+
+
 def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value is not None and value <= 0:
-        raise ValueError(f"{attribute.name} must be positive, got {value}")
+    """Positive and finite (``NaN`` compares false with everything, so ``<= 0`` lets it by)."""
+    if value is None:
+        return
+    if not value > 0 or (isinstance(value, float) and not math.isfinite(value)):
+        raise ValueError(f"{attribute.name} must be positive and finite, got {value}")
+
+
+def _positions(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    _positive(instance, attribute, value)
+    if value > MAX_POSITIONS:
+        raise ValueError(
+            f"{attribute.name} {value} is above the largest supported ({MAX_POSITIONS})"
+        )
 
 
 def _one_of(choices: tuple) -> Any:
@@ -46,7 +61,7 @@ class ModelConfig:
     n_layer: int = attrs.field(default=12, validator=_positive)
     n_head: int = attrs.field(default=12, validator=_positive)
     n_kv_head: int | None = attrs.field(default=None, validator=_positive)
-    n_positions: int = attrs.field(default=2048, validator=_positive)
+    n_positions: int = attrs.field(default=2048, validator=_positions)
     dropout: float = 0.0
     use_bias: bool = False
     qkv_bias: bool | None = None
@@ -156,7 +171,32 @@ class ModelConfig:
         return shapes
 
     def param_count(self) -> int:
-        return sum(math.prod(shape) for shape in self.state_dict_shapes().values())
+        """Parameters of the state dict, computed from the sizes (equal to summing
+        :meth:`state_dict_shapes`, without building a key per tensor: a hostile ``n_layer``
+        of 10**9 must be refused in microseconds, not after minutes of building keys)."""
+        e, kv, f = self.n_embd, self.kv_heads * self.head_dim, self.ffn_size
+        norm = 2 * e if self.norm == "layernorm" else e
+        attention = 2 * e * e + 2 * e * kv
+        attention += (e + 2 * kv) * self.has_qkv_bias + e * self.has_attn_out_bias
+        if self.mlp_type == "gated":
+            mlp = 3 * e * f + (2 * f + e) * self.has_mlp_bias
+        else:
+            mlp = 2 * e * f + (f + e) * self.has_mlp_bias
+        head = 0 if self.tie_word_embeddings else self.vocab_size * e
+        return self.vocab_size * e + self.n_layer * (2 * norm + attention + mlp) + norm + head
+
+    def check_weights_hold(self, weight_bytes: int, source: str) -> None:
+        """Refuse a config whose sizes the weights on disk cannot hold (at least one byte a
+        parameter): every dimension is then bounded by the file, and nothing is built from a
+        hostile one (``n_layer: 1000000000`` would otherwise take minutes and gigabytes just
+        to list the tensors it expects)."""
+        count = self.param_count()
+        if count > weight_bytes:
+            raise CheckpointError(
+                f"{source}: the model config implies {count:,} parameters, more than the "
+                f"{weight_bytes:,} bytes of weights can hold: the config does not belong to "
+                f"these weights (or is damaged)"
+            )
 
     # Reading -------------------------------------------------------------------------------
     @classmethod
@@ -181,7 +221,7 @@ class ModelConfig:
     def from_file(cls, path: Path) -> ModelConfig:
         """Read and validate ``model/config.json``."""
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
+            raw = read_json(path)
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"{path}: cannot read model config: {exc}") from None
         if not isinstance(raw, dict):
@@ -207,14 +247,18 @@ _BOOL_KEYS = {"use_bias", "qkv_bias", "attn_out_bias", "mlp_bias", "tie_word_emb
 
 
 def _check_types(raw: Mapping[str, Any], source: str) -> None:
+    nullable = {f.name for f in attrs.fields(ModelConfig) if f.default is None}
     for key, value in raw.items():
         if value is None:
+            if key in _INT_KEYS | _FLOAT_KEYS | _BOOL_KEYS and key not in nullable:
+                raise CheckpointError(f"{source}: {key} cannot be null (leave it out instead)")
             continue
         ok = True
         if key in _INT_KEYS:
             ok = isinstance(value, int) and not isinstance(value, bool)
         elif key in _FLOAT_KEYS:
             ok = isinstance(value, int | float) and not isinstance(value, bool)
+            ok = ok and not (isinstance(value, float) and not math.isfinite(value))
         elif key in _BOOL_KEYS:
             ok = isinstance(value, bool)
         if not ok:

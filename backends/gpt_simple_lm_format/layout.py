@@ -7,7 +7,6 @@ latest completed checkpoint is chosen by the trainer's ``resume: auto`` rule (se
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from pathlib import Path
@@ -15,7 +14,13 @@ from typing import Any
 
 import attrs
 
-from gpt_simple.plugins import CheckpointError, CheckpointInfo, TokenizerError
+from gpt_simple.plugins import (
+    CheckpointError,
+    CheckpointInfo,
+    TokenizerError,
+    loads_json,
+    read_json,
+)
 from gpt_simple_lm_format.config import ModelConfig
 from gpt_simple_lm_format.tokenizer import HFTokenizer, check_tokenizer_folder
 
@@ -63,7 +68,7 @@ def read_trainer_state(path: Path) -> dict | None:
     """``trainer_state.json`` if it parses with schema_version 1 and an integer step."""
     try:
         # Python's json accepts the bare `Infinity` the trainer may write.
-        state = json.loads(path.read_text(encoding="utf-8"))
+        state = read_json(path)
     except (OSError, ValueError):
         return None
     if not isinstance(state, dict) or state.get("schema_version") != 1:
@@ -76,8 +81,16 @@ def read_trainer_state(path: Path) -> dict | None:
 
 def select_checkpoint(run_dir: Path) -> tuple[Path, int, str]:
     """The latest completed checkpoint of ``run_dir``: (path, step, why it was picked)."""
+    path, step, because, _ = select_checkpoint_warning(run_dir)
+    return path, step, because
+
+
+def select_checkpoint_warning(run_dir: Path) -> tuple[Path, int, str, tuple[str, ...]]:
+    """:func:`select_checkpoint`, and warnings about sibling checkpoints skipped because their
+    ``trainer_state.json`` is there but unreadable (damaged: worth a look, not a failure)."""
     candidates: list[_Candidate] = []
     skipped: list[str] = []
+    damaged: list[str] = []
     for child in sorted((run_dir / "checkpoints").iterdir()):
         if not child.is_dir():
             continue
@@ -87,6 +100,8 @@ def select_checkpoint(run_dir: Path) -> tuple[Path, int, str]:
         state = read_trainer_state(child / "trainer_state.json")
         if state is None:
             skipped.append(f"{child.name} (no valid trainer_state.json)")
+            if (child / "trainer_state.json").is_file():
+                damaged.append(child.name)
             continue
         candidates.append(_Candidate(child, state["step"]))
     if not candidates:
@@ -105,7 +120,12 @@ def select_checkpoint(run_dir: Path) -> tuple[Path, int, str]:
             because += f"; tie on step with {', '.join(ties)} broken by name"
     if skipped:
         because += f"; skipped {', '.join(skipped)}"
-    return chosen.path, chosen.step, because
+    warnings = tuple(
+        f"skipped checkpoint {run_dir / 'checkpoints' / name}: its trainer_state.json is not "
+        f"a valid trainer state (damaged?)"
+        for name in damaged
+    )
+    return chosen.path, chosen.step, because, warnings
 
 
 def find_weights(checkpoint: Path) -> Path:
@@ -138,26 +158,94 @@ def find_tokenizer(checkpoint: Path, override: Path | None) -> Path:
     )
 
 
+#: Bytes per element of the safetensors dtypes (sub-byte and unknown ones: sizes unchecked).
+SAFETENSORS_DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
+    "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
+    "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8,
+}  # fmt: skip
+#: A header longer than this is not a model's tensor table.
+MAX_SAFETENSORS_HEADER = 100_000_000
+
+
 def read_safetensors_header(path: Path) -> dict[str, dict]:
-    """The tensor table of a safetensors file (a few KB read; no weights)."""
+    """The tensor table of a safetensors file, checked: every entry names a dtype, a shape and
+    byte offsets that agree, and the file holds every tensor's bytes (a truncated copy is
+    refused here, not when loading). Reads the header only (a few KB; no weights)."""
     try:
+        size = path.stat().st_size
         with path.open("rb") as f:
-            (length,) = struct.unpack("<Q", f.read(8))
-            if length > 100_000_000:
-                raise ValueError("header length is implausible")
-            header = json.loads(f.read(length))
+            head = f.read(8)
+            if len(head) < 8:
+                raise ValueError(f"the file has {len(head)} bytes, too few for a header")
+            (length,) = struct.unpack("<Q", head)
+            if length > min(MAX_SAFETENSORS_HEADER, size - 8):
+                raise ValueError(f"header length {length:,} is implausible (file: {size:,} bytes)")
+            header = loads_json(f.read(length))
+        entries = _tensor_entries(header, data_bytes=size - 8 - length)
     except (OSError, ValueError, struct.error) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file: {exc}") from None
-    header.pop("__metadata__", None)
-    return header
+    return entries
+
+
+def _tensor_entries(header: Any, data_bytes: int) -> dict[str, dict]:
+    """``header`` without ``__metadata__``, every entry checked; ``ValueError`` says which."""
+    if not isinstance(header, dict):
+        raise ValueError(f"the header is {type(header).__name__}, not an object of tensors")
+    entries = {key: value for key, value in header.items() if key != "__metadata__"}
+    end_of_data = 0
+    for name, entry in entries.items():
+        end_of_data = max(end_of_data, _check_entry(name, entry))
+    if end_of_data > data_bytes:
+        raise ValueError(
+            f"truncated: its tensors need {end_of_data:,} bytes of data, the file holds "
+            f"{data_bytes:,} ({end_of_data - data_bytes:,} missing)"
+        )
+    return entries
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_entry(name: str, entry: Any) -> int:
+    """Check one tensor's entry; return where its bytes end in the data section."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"tensor {name!r}: its entry is {type(entry).__name__}, not an object")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(dtype, str):
+        raise ValueError(f"tensor {name!r}: dtype must be a string, got {dtype!r}")
+    if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
+        raise ValueError(f"tensor {name!r}: shape must be a list of sizes, got {shape!r}")
+    if not (
+        isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(_is_count(n) for n in offsets)
+        and offsets[0] <= offsets[1]
+    ):
+        raise ValueError(f"tensor {name!r}: data_offsets must be [begin, end], got {offsets!r}")
+    itemsize = SAFETENSORS_DTYPE_BYTES.get(dtype)
+    if itemsize is not None and math.prod(shape) * itemsize != offsets[1] - offsets[0]:
+        raise ValueError(
+            f"tensor {name!r}: a {dtype} tensor of shape {shape} takes "
+            f"{math.prod(shape) * itemsize:,} bytes, its offsets span {offsets[1] - offsets[0]:,}"
+        )
+    return offsets[1]
+
+
+def safetensors_data_bytes(entries: dict[str, dict]) -> int:
+    """Bytes of tensor data the (checked) entries cover."""
+    return sum(entry["data_offsets"][1] - entry["data_offsets"][0] for entry in entries.values())
 
 
 def check_safetensors_shapes(path: Path, config: ModelConfig) -> None:
-    """Compare the file's tensor names and shapes with what the config implies."""
+    """Compare the file's tensor names and shapes with what the config implies (after checking
+    that the file can hold that many parameters at all)."""
+    entries = read_safetensors_header(path)
+    config.check_weights_hold(safetensors_data_bytes(entries), str(path))
     expected = config.state_dict_shapes()
     found = {
-        key.removeprefix(COMPILE_PREFIX): tuple(entry.get("shape", ()))
-        for key, entry in read_safetensors_header(path).items()
+        key.removeprefix(COMPILE_PREFIX): tuple(entry["shape"]) for key, entry in entries.items()
     }
     problems = describe_state_dict_mismatch(expected, found)
     if problems:
@@ -216,8 +304,9 @@ def inspect(path: Path, tokenizer: Path | None, load_tokenizer: bool) -> Checkpo
     selected_because = None
     step = None
     checkpoint = path
+    skipped: tuple[str, ...] = ()
     if not is_checkpoint_dir(path):
-        checkpoint, step, selected_because = select_checkpoint(path)
+        checkpoint, step, selected_because, skipped = select_checkpoint_warning(path)
         if not is_checkpoint_dir(checkpoint):
             raise CheckpointError(
                 f"{checkpoint} was selected ({selected_because}) but has no model/config.json"
@@ -226,6 +315,8 @@ def inspect(path: Path, tokenizer: Path | None, load_tokenizer: bool) -> Checkpo
     weights = find_weights(checkpoint)
     if weights.name == SAFETENSORS:
         check_safetensors_shapes(weights, config)
+    else:
+        config.check_weights_hold(_file_size(weights), str(weights))
     if step is None:
         state = read_trainer_state(checkpoint / "trainer_state.json")
         step = state["step"] if state else None
@@ -242,8 +333,16 @@ def inspect(path: Path, tokenizer: Path | None, load_tokenizer: bool) -> Checkpo
         weights=weights,
         param_count=config.param_count(),
         context_length=config.n_positions,
+        kv_values_per_token=config.kv_bytes_per_token(1),
         eos_id=eos_id,
         config=config.to_dict(),
-        warnings=tuple(warnings),
+        warnings=skipped + tuple(warnings),
         details=details,
     )
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read: {exc.strerror or exc}") from None

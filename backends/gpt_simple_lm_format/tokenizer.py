@@ -8,12 +8,11 @@ reads it. EOS is ``<|endoftext|>`` when the vocabulary has it, else the ``eos_to
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gpt_simple.plugins import TokenizerError
+from gpt_simple.plugins import TokenizerError, read_json
 
 TOKENIZER_FILE = "tokenizer.json"
 GPT2_EOS = "<|endoftext|>"
@@ -36,7 +35,7 @@ def _named_special(folder: Path, key: str) -> str | None:
         if not path.is_file():
             continue
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = read_json(path)
         except (OSError, ValueError) as exc:
             raise TokenizerError(f"{path}: cannot read: {exc}") from None
         token = _token_content(data.get(key)) if isinstance(data, dict) else None

@@ -16,13 +16,12 @@ Symbols that are not tokens are dropped silently: HipGPT has no unknown token.
 from __future__ import annotations
 
 import itertools
-import json
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from gpt_simple.plugins import TokenizerError
+from gpt_simple.plugins import TokenizerError, read_json
 
 END_OF_WORD = "</w>"
 # C++ `istream >> word` in the C locale splits on exactly these six characters; Python's
@@ -137,7 +136,7 @@ class HipGPTTokenizer:
 def read_tokenizer(path: Path) -> HipGPTTokenizer:
     """Read a HipGPT ``tokenizer.json`` (v1 or v2); :class:`TokenizerError` names the file."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path)
     except OSError as exc:
         raise TokenizerError(f"{path}: cannot read tokenizer: {exc.strerror or exc}") from None
     except ValueError as exc:

@@ -237,6 +237,16 @@ class ONNXCache:
             shutil.rmtree(temp, ignore_errors=True)
             raise
 
+    def discard(self, entry: Path) -> None:
+        """Remove a damaged entry: renamed out of the way first (one atomic step, so no run
+        finds it half deleted), then deleted."""
+        grave = self.folder / f"{TEMP_PREFIX}damaged-{entry.name}-{os.getpid()}"
+        try:
+            os.rename(entry, grave)
+        except FileNotFoundError:
+            return  # another run discarded it already
+        shutil.rmtree(grave, ignore_errors=True)
+
     def remove_stale_temps(self) -> list[Path]:
         """Delete temp dirs of exports whose process is gone; return them."""
         removed = []

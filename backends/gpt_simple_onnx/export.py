@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import structlog
 import torch
 from torch import Tensor, nn
 
@@ -56,6 +57,13 @@ EXPORTER = "torch.onnx.export(dynamo=True)"
 #: torch keeps one name for it), and a pytree deprecation inside torch itself.
 QUIET_WARNINGS = (r"# The axis name: .* will not be used", r".*isinstance\(treespec, LeafSpec\)")
 GRAPH_LAYOUT = "decoder-with-past (Optimum / onnxruntime-genai names and shapes)"
+#: What onnxruntime's quantizer logs on the root logger for every graph that was not run
+#: through its shape-inference pre-processing script: nothing a user of ours can act on
+#: (the export is quantized as it is meant to be), and it would end up on stderr as
+#: ``WARNING:root:...``.
+QUANTIZER_NOISE = "pre-processing before quantization"
+
+log = structlog.get_logger(__name__)
 
 
 class DecoderWithPast(nn.Module):
@@ -102,12 +110,15 @@ def export_checkpoint(
     tokenizer = HFTokenizer(info.tokenizer)
     prompts = drift_prompts(tokenizer, config)
 
-    module = load_model(info.weights, config, dtype="fp32")
-    with torch.no_grad():
-        reference = [module(input_ids=torch.tensor([ids])).logits[0, -1].numpy() for ids in prompts]
-    if options.dtype != "fp32":
-        del module  # one copy of the weights at a time
-        module = load_model(info.weights, config, dtype=options.dtype)
+    with _phase("loading the weights", weights=str(info.weights), dtype=options.dtype):
+        module = load_model(info.weights, config, dtype="fp32")
+        with torch.no_grad():
+            reference = [
+                module(input_ids=torch.tensor([ids])).logits[0, -1].numpy() for ids in prompts
+            ]
+        if options.dtype != "fp32":
+            del module  # one copy of the weights at a time
+            module = load_model(info.weights, config, dtype=options.dtype)
     if external_data is None:
         weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
         external_data = weight_bytes > EXTERNAL_DATA_BYTES
@@ -118,9 +129,11 @@ def export_checkpoint(
     export_graph(module, config, traced, opset=opset, external_data=external_data)
     del module
     if options.quantize:
-        quantize_int8(traced, graph, external_data=external_data)
+        with _phase("quantizing to int8 (onnxruntime dynamic quantization)"):
+            quantize_int8(traced, graph, external_data=external_data)
         shutil.rmtree(traced.parent)
-    drift = measure_drift(graph, config, tokenizer, prompts, reference)
+    with _phase("measuring the logits drift against PyTorch fp32", prompts=len(prompts)):
+        drift = measure_drift(graph, config, tokenizer, prompts, reference)
 
     layout.write_json(out / layout.CONFIG_FILE, config.to_dict())
     shutil.copytree(info.tokenizer, out / layout.TOKENIZER_DIR)
@@ -153,7 +166,18 @@ def export_checkpoint(
         **(extra_manifest or {}),
     }
     layout.write_json(out / layout.MANIFEST_FILE, summary)
+    log.info("export: done", out=str(out), seconds=summary["export_seconds"])
     return {"out": str(out), **summary}
+
+
+@contextlib.contextmanager
+def _phase(what: str, **fields: Any) -> Iterator[None]:
+    """Log a phase of the export when it starts and, with its time, when it ends: an export
+    takes from seconds to many minutes, and a silent terminal reads as a hang."""
+    log.info(f"export: {what}", **fields)
+    started = time.monotonic()
+    yield
+    log.info(f"export: {what}: done", seconds=round(time.monotonic() - started, 1))
 
 
 def drift_prompts(tokenizer: HFTokenizer, config: ModelConfig) -> list[list[int]]:
@@ -196,7 +220,12 @@ def export_graph(
     args = example_inputs(config, module.wte.weight.dtype)
     path.parent.mkdir(parents=True, exist_ok=True)
     # The exporter prints progress on stdout, which belongs to JSONL output: send it to stderr.
-    with contextlib.redirect_stdout(sys.stderr), torch.no_grad(), _quiet_exporter():
+    with (
+        _phase("tracing the graph (torch.onnx dynamo exporter)", opset=opset),
+        contextlib.redirect_stdout(sys.stderr),
+        torch.no_grad(),
+        _quiet_exporter(),
+    ):
         program = torch.onnx.export(
             wrapper,
             args,
@@ -209,7 +238,8 @@ def export_graph(
             verbose=False,
         )
         program.save(str(path), external_data=external_data)
-    onnx.checker.check_model(str(path), full_check=True)
+    with _phase("checking the graph (onnx.checker)"):
+        onnx.checker.check_model(str(path), full_check=True)
 
 
 @contextlib.contextmanager
@@ -228,13 +258,51 @@ def _quiet_exporter() -> Iterator[None]:
         registration.setLevel(level)
 
 
+class _QuantizerNoise(logging.Filter):
+    """Drops :data:`QUANTIZER_NOISE` from the root logger, lets everything else through."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return QUANTIZER_NOISE not in record.getMessage()
+
+
+class _ToStructlog(logging.Handler):
+    """Root-logger warnings of onnxruntime's quantizer, as our own log lines on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log.warning(record.getMessage(), source="onnxruntime.quantization")
+
+
+@contextlib.contextmanager
+def quiet_quantizer() -> Iterator[None]:
+    """While quantizing: drop the quantizer's pre-processing advice, pass its other warnings on.
+
+    onnxruntime's quantizer logs through the *root* logger (``logging.warning``), which, with no
+    handler configured, installs one that prints ``WARNING:root:...`` on stderr for the rest of
+    the process. A filter on the root logger drops the advice whoever handles the rest; when no
+    handler is configured, a temporary one routes the other warnings to structlog (so nothing
+    is installed for good).
+    """
+    root = logging.getLogger()
+    noise = _QuantizerNoise()
+    forward = None if root.handlers else _ToStructlog(logging.WARNING)
+    root.addFilter(noise)
+    if forward is not None:
+        root.addHandler(forward)
+    try:
+        yield
+    finally:
+        root.removeFilter(noise)
+        if forward is not None:
+            root.removeHandler(forward)
+
+
 def quantize_int8(source: Path, target: Path, *, external_data: bool) -> None:
     """ONNX Runtime's dynamic quantization: int8 weights for MatMul/Gather, activations
     quantized on the fly (fast CPU decoding, some logits drift)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with contextlib.redirect_stdout(sys.stderr):
+    with contextlib.redirect_stdout(sys.stderr), quiet_quantizer():
         quantize_dynamic(
             source,
             target,

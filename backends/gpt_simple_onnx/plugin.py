@@ -42,6 +42,7 @@ from gpt_simple.plugins import (
 from gpt_simple_lm_format.layout import FORMAT as GPT_SIMPLE_FORMAT
 from gpt_simple_onnx import layout, runtime
 from gpt_simple_onnx.cache import CacheKey, ONNXCache, key_for
+from gpt_simple_onnx.runtime import UnreadableGraph
 
 if TYPE_CHECKING:
     from gpt_simple_onnx.runner import OnnxModel
@@ -195,11 +196,24 @@ class OnnxBackend(Backend):
 
     def load(self, checkpoint: CheckpointInfo, request: LoadRequest) -> OnnxModel:
         request = self.resolve(request)
-        if checkpoint.format == GPT_SIMPLE_FORMAT:
+        if checkpoint.format != GPT_SIMPLE_FORMAT:
+            return self.open(checkpoint.path, checkpoint, request)
+        folder, origin = self.cached_export(checkpoint, export_dtype(request))
+        try:
+            return self.open(folder, checkpoint, request, origin)
+        except (UnreadableGraph, CheckpointError) as exc:
+            if origin != "cached":
+                raise
+            # A cached entry that cannot be read (a disk fault, a copy cut short) would fail
+            # every later run the same way: replace it, once.
+            log.warning(
+                "the cached ONNX export is damaged: removing it and exporting again",
+                cache=str(folder),
+                error=str(exc),
+            )
+            self.cache.discard(folder)
             folder, origin = self.cached_export(checkpoint, export_dtype(request))
-        else:
-            folder, origin = checkpoint.path, None
-        return self.open(folder, checkpoint, request, origin)
+            return self.open(folder, checkpoint, request, origin)
 
     def cached_export(self, checkpoint: CheckpointInfo, dtype: str) -> tuple[Path, str]:
         """The cache entry of ``checkpoint`` in ``dtype``, exported now if missing:

@@ -81,6 +81,11 @@ def session_options(threads: int) -> onnxruntime.SessionOptions:
     return options
 
 
+class UnreadableGraph(BackendError):
+    """ONNX Runtime cannot read the graph file itself (truncated, corrupt, not ONNX): for a
+    cached export, a damaged entry to replace; the device's problems are other errors."""
+
+
 def create_session(
     graph: Path, *, device: str | Device, threads: int | None
 ) -> tuple[onnxruntime.InferenceSession, int]:
@@ -104,7 +109,7 @@ def create_session(
             str(graph), sess_options=session_options(threads), providers=providers
         )
     except Exception as exc:  # ORT raises its own exception types, all bare RuntimeError-likes
-        raise BackendError(f"{graph}: ONNX Runtime cannot load the graph: {exc}") from None
+        raise UnreadableGraph(f"{graph}: ONNX Runtime cannot load the graph: {exc}") from None
     if providers[0] != CPU_PROVIDER and CUDA_PROVIDER not in session.get_providers():
         raise BackendError(
             f"device {device}: ONNX Runtime could not start its CUDA provider (no GPU visible, "

@@ -157,7 +157,12 @@ class KVCache:
             old = getattr(self, name)
             # zeros, not empty: masked positions still enter probs @ v (as 0 * value), and
             # uninitialised memory may hold NaN bit patterns, which would poison real rows
-            new = torch.zeros(shape, dtype=old.dtype, device=old.device)
+            try:
+                new = torch.zeros(shape, dtype=old.dtype, device=old.device)
+            except RuntimeError:  # out of memory: the row asking fails, the cache stays usable
+                if name == "v":  # k grew already: back to its old shape (a view, no copy)
+                    self.k = self.k[:, :old_slots, :, :old_capacity]
+                raise
             new[:, :old_slots, :, :old_capacity] = old
             setattr(self, name, new)
             del old  # free each old tensor before allocating the next

@@ -17,6 +17,9 @@ class CheckpointInfo:
     compare equal. ``selected_because`` explains the choice when the user pointed at a run
     directory. ``config`` is the format's model configuration as read; ``details`` holds other
     format-specific facts worth showing in the plan and ``meta`` (JSON-ready values).
+    ``kv_values_per_token`` is how many values one token adds to a row's cache (keys and
+    values of every layer; ``None``: unknown, or no cache): times the dtype's bytes, what a
+    row costs, so the plan can say which records cannot fit in memory before loading.
     """
 
     format: str
@@ -31,3 +34,4 @@ class CheckpointInfo:
     config: Mapping[str, Any] = attrs.field(factory=dict)
     warnings: tuple[str, ...] = ()
     details: Mapping[str, Any] = attrs.field(factory=dict)
+    kv_values_per_token: int | None = None

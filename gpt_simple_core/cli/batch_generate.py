@@ -7,19 +7,25 @@ import json
 import sys
 from pathlib import Path
 
-from gpt_simple_core.cli.execute import add_output_options, run_command
+import attrs
+
+from gpt_simple_core.cli.execute import add_output_options, check_output_for_dry_run, run_command
 from gpt_simple_core.cli.options import (
+    add_input_options,
     add_model_options,
     add_run_options,
     add_sampling_options,
     effective_settings,
 )
 from gpt_simple_core.cli.problems import report_problems
+from gpt_simple_core.engine.executor import Executor
 from gpt_simple_core.exit_codes import EXIT_INVALID, EXIT_OK
+from gpt_simple_core.jobs.shards import ShardSpec, assign, parse_shard
 from gpt_simple_core.plan.model import plan_to_json
-from gpt_simple_core.plan.planner import Planned
+from gpt_simple_core.plan.planned import Planned
 from gpt_simple_core.plan.render import render_text
-from gpt_simple_core.records.source import STDIN, InputDigest, read_records
+from gpt_simple_core.records.seeds import seed_from_digest
+from gpt_simple_core.records.source import MAX_LINE_BYTES, STDIN, InputDigest, read_records
 from gpt_simple_core.registry import Registry
 from gpt_simple_core.session import Session
 from gpt_simple_core.settings import with_default_model
@@ -35,6 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         metavar="JSONL",
         help="input records: a file, a pipe or FIFO such as <(...), or '-' for stdin",
     )
+    add_input_options(parser)
     add_output_options(parser)
     parser.add_argument(
         "--dry-run",
@@ -44,23 +51,52 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--plan-format", choices=("text", "json"), default="text", help="dry-run output format"
     )
+    scale = parser.add_argument_group("scaling out (docs/scaling-out.md)")
+    scale.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="run shard I (0-based) of N, by model group; auto: from SLURM_ARRAY_TASK_ID/"
+        "SLURM_ARRAY_TASK_COUNT or JOB_COMPLETION_INDEX/GPT_SIMPLE_SHARD_COUNT. With --dry-run: "
+        "show every shard",
+    )
+    scale.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="where groups run: this process (default), or a Ray cluster (one actor per group)",
+    )
+    scale.add_argument(
+        "--ray-address",
+        default="auto",
+        metavar="ADDRESS",
+        help="the Ray cluster for --executor ray: auto (default), HOST:PORT or ray://HOST:PORT",
+    )
     add_model_options(parser, default_help="default model for records that name none")
     add_run_options(parser)
     add_sampling_options(parser)
     return parser
 
 
-def plan_input(source: str, session: Session) -> tuple[Planned, InputDigest]:
-    """Parse and plan ``source`` (a path, a FIFO or '-')."""
-    records, problems, digest = read_records(source)
+def plan_input(
+    source: str, session: Session, *, sharded: bool = False, max_line_bytes: int = MAX_LINE_BYTES
+) -> tuple[Planned, InputDigest]:
+    """Parse and plan ``source`` (a path, a FIFO or '-'). Shards of one sweep run on different
+    nodes and must agree on every derived seed: without a run seed, theirs comes from the
+    input's content."""
+    records, problems, digest = read_records(source, max_line_bytes=max_line_bytes)
+    if sharded and session.settings.run_seed is None:
+        session = session.with_run_seed(seed_from_digest(digest.sha256))
     return session.plan(records, problems, source=digest.name), digest
 
 
-def _print_plan(planned: Planned, plan_format: str) -> None:
+def _print_plan(planned: Planned, plan_format: str, shard: ShardSpec | None) -> None:
+    plan = planned.plan
+    if shard is not None and plan.ok:
+        plan = attrs.evolve(plan, shards=tuple(assign(planned, shard.count).summary(planned)))
     if plan_format == "json":
-        print(json.dumps(plan_to_json(planned.plan), indent=2))
+        print(json.dumps(plan_to_json(plan), indent=2))
     else:
-        sys.stdout.write(render_text(planned.plan))
+        sys.stdout.write(render_text(plan))
 
 
 def _refuse(planned: Planned) -> int:
@@ -68,18 +104,38 @@ def _refuse(planned: Planned) -> int:
     return EXIT_INVALID
 
 
+def _executor(args: argparse.Namespace) -> Executor | None:
+    if args.executor != "ray":
+        return None
+    from gpt_simple_core.engine.ray_executor import RayExecutor, _import_ray
+
+    _import_ray()  # says how to install it before anything is planned
+    return RayExecutor(args.ray_address)
+
+
 def run(args: argparse.Namespace, registry: Registry) -> int:
     settings = with_default_model(effective_settings(args))
-    if args.dry_run:
-        planned, _ = plan_input(args.input, Session(settings, registry))
-        _print_plan(planned, args.plan_format)
-        return EXIT_OK if planned.plan.ok else _refuse(planned)
+    shard = parse_shard(args.shard) if args.shard else None
+
+    def plan(session: Session) -> tuple[Planned, InputDigest]:
+        sharded, limit = shard is not None, args.max_line_bytes
+        return plan_input(args.input, session, sharded=sharded, max_line_bytes=limit)
+
     input_path = None if args.input == STDIN else Path(args.input)
+    if args.dry_run:
+        planned, _ = plan(Session(settings, registry))
+        _print_plan(planned, args.plan_format, shard)
+        if not planned.plan.ok:
+            return _refuse(planned)
+        check_output_for_dry_run(args, input_path)
+        return EXIT_OK
     return run_command(
         args,
         settings,
         registry,
-        lambda session: plan_input(args.input, session),
+        plan,
         input_path=input_path,
         on_problems=_refuse,
+        shard=shard,
+        executor=_executor(args),
     )

@@ -18,8 +18,12 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
+import structlog
+
+from gpt_simple_core.engine.executor import Executor
 from gpt_simple_core.engine.result import RunResult
 from gpt_simple_core.engine.stop import Stop
+from gpt_simple_core.errors import ConfigError
 from gpt_simple_core.exit_codes import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -28,12 +32,15 @@ from gpt_simple_core.exit_codes import (
     EXIT_USR1,
 )
 from gpt_simple_core.jobs.output import OutputJob, OutputMode
+from gpt_simple_core.jobs.shards import ShardSpec, assign, shard_plan
 from gpt_simple_core.output.spool import Spool, clean_stale_spools
 from gpt_simple_core.output.writer import OrderedWriter
-from gpt_simple_core.plan.planner import Planned
+from gpt_simple_core.plan.planned import Planned
 from gpt_simple_core.records.source import InputDigest
 from gpt_simple_core.session import Session
 from gpt_simple_core.settings import Settings
+
+log = structlog.get_logger(__name__)
 
 #: Why a run stopped -> its exit status (``max-runtime`` is a time limit, like Slurm's USR1).
 STOPPED_STATUS = {
@@ -72,14 +79,22 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def check_output_for_dry_run(args: argparse.Namespace, input_path: Path | None) -> None:
+    """Raise :class:`ConfigError` where the real run would refuse its ``--output``."""
+    output = output_path(args)
+    if output is None:
+        return
+    refusal = OutputJob(output, output_mode(args), input_path=input_path).dry_run_refusal()
+    if refusal is not None:
+        raise ConfigError(f"the plan is valid, but {refusal}")
+
+
 def output_path(args: argparse.Namespace) -> Path | None:
     """The --output file, or None for stdout (absent or '-')."""
     return None if args.output in (None, STDOUT) else Path(args.output).expanduser()
 
 
 def output_mode(args: argparse.Namespace) -> OutputMode:
-    from gpt_simple_core.errors import ConfigError
-
     if args.output in (None, STDOUT) and (args.resume or args.overwrite):
         raise ConfigError("--resume and --overwrite need --output FILE (stdout cannot resume)")
     if args.retry_errors and not args.resume:
@@ -132,10 +147,15 @@ def run_command(
     *,
     input_path: Path | None,
     on_problems: Callable[[Planned], int],
+    shard: ShardSpec | None = None,
+    executor: Executor | None = None,
 ) -> int:
     """The run of ``generate`` and ``batch-generate``: the output job (locks, refusals and
-    the previous run seed, before planning), the plan, then the run; the exit status."""
+    the previous run seed, before planning), the plan (and this shard's part of it), then the
+    run; the exit status."""
     output = output_path(args)
+    if shard is not None and output is None:
+        raise ConfigError("--shard needs --output FILE: merge reads each shard's manifest")
     stop = Stop(deadline=time.monotonic() + args.max_runtime if args.max_runtime else None)
     job = OutputJob(output, output_mode(args), input_path=input_path) if output else None
     with stopping_on_signals(stop), job or nullcontext():
@@ -144,17 +164,50 @@ def run_command(
             planned, digest = plan(session)
         if not planned.plan.ok:
             return on_problems(planned)
-        if job is not None:
-            result = job.run(session, planned, digest, stop=stop)
+        if job is None:
+            result = _run_to_stdout(session, planned, stop, executor)
+        elif shard is None:
+            result = job.run(session, planned, digest, stop=stop, executor=executor)
         else:
-            result = _run_to_stdout(session, planned, stop)
+            result = _run_shard(job, session, planned, digest, shard, stop, executor)
     return exit_status(result)
 
 
-def _run_to_stdout(session: Session, planned: Planned, stop: Stop) -> RunResult:
+def _run_shard(
+    job: OutputJob,
+    session: Session,
+    planned: Planned,
+    digest: InputDigest,
+    shard: ShardSpec,
+    stop: Stop,
+    executor: Executor | None,
+) -> RunResult:
+    assignment = assign(planned, shard.count)
+    indexes = assignment.indexes(shard.index)
+    mine = assignment.summary(planned)[shard.index]
+    log.info(
+        f"shard {shard}: {len(indexes)} of {planned.plan.records} records",
+        groups=len(mine["groups"]),
+        estimated_cost=mine["cost"],
+    )
+    info = {"shard": str(shard), "count": shard.count, "assignment": assignment.fingerprint}
+    return job.run(
+        session,
+        shard_plan(planned, indexes),
+        digest,
+        stop=stop,
+        order=indexes,
+        order_info=info,
+        executor=executor,
+    )
+
+
+def _run_to_stdout(
+    session: Session, planned: Planned, stop: Stop, executor: Executor | None
+) -> RunResult:
     clean_stale_spools()
     writer = OrderedWriter(sys.stdout, range(planned.plan.records), Spool.private(), name="stdout")
     try:
-        return session.run(planned, writer, stop=stop)
+        return session.run(planned, writer, stop=stop, executor=executor)
     finally:
         writer.close()

@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Sequence
 
 from gpt_simple_core import __version__, logs
-from gpt_simple_core.cli import backends_cmd, batch_generate, export, generate, validate
+from gpt_simple_core.cli import backends_cmd, batch_generate, export, generate, merge, validate
 from gpt_simple_core.cli.execute import STOPPED_STATUS
 from gpt_simple_core.engine.stop import StopRequested
 from gpt_simple_core.errors import GptSimpleError
@@ -39,7 +39,28 @@ exit status:
        --max-runtime: finished records are kept; run again with --resume (docs/cli.md)
 """
 
-COMMANDS = (generate, batch_generate, validate, backends_cmd, export)
+COMMANDS = (generate, batch_generate, merge, validate, backends_cmd, export)
+
+
+def add_log_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """``--log-format`` and ``--log-level``, on the main parser (with the defaults) and on
+    every command: people add flags at the end of a command line, and
+    ``gpt-simple generate ... --log-level debug`` should work as well as the flag placed
+    before the command. A command's copy has no default (``SUPPRESS``), so it only overrides
+    the main parser's value when it is given."""
+    group = parser.add_argument_group("logging (stderr)") if not defaults else parser
+    group.add_argument(
+        "--log-format",
+        choices=("console", "json"),
+        default="console" if defaults else argparse.SUPPRESS,
+        help="stderr log format (default: console)",
+    )
+    group.add_argument(
+        "--log-level",
+        choices=logs.LEVELS,
+        default="info" if defaults else argparse.SUPPRESS,
+        help="stderr log level (default: info)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,13 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"gpt-simple {__version__}")
-    parser.add_argument(
-        "--log-format", choices=("console", "json"), default="console", help="stderr log format"
-    )
-    parser.add_argument("--log-level", choices=logs.LEVELS, default="info", help="stderr log level")
+    add_log_options(parser, defaults=True)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
         sub = command.add_parser(subparsers)
+        add_log_options(sub, defaults=False)
         sub.epilog = EXIT_CODES_HELP
         sub.formatter_class = argparse.RawDescriptionHelpFormatter
         sub.set_defaults(handler=command.run)

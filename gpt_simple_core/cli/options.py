@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -11,7 +12,9 @@ from gpt_simple_core.errors import ConfigError
 from gpt_simple_core.records.converter import structure_block
 from gpt_simple_core.records.parse import parse_generation
 from gpt_simple_core.records.schema import ModelSpec, normalize_dtype
+from gpt_simple_core.records.source import MAX_LINE_BYTES, parse_line_limit
 from gpt_simple_core.settings import RunOptions, Settings, load_config
+from gpt_simple_core.wording import noun
 
 #: generation field -> flag, for error messages that name what the user typed
 GENERATION_FLAGS = {
@@ -27,6 +30,16 @@ GENERATION_FLAGS = {
     "stop": "--stop",
     "stop_token_ids": "--stop-token-id",
     "ignore_eos": "--ignore-eos",
+}
+#: HipGPT's ``generate`` flag -> ours, accepted by ``gpt-simple generate`` (docs/hipgpt.md):
+#: a HipGPT user's command line keeps working. Only spellings that mean nothing else here.
+HIPGPT_ALIASES = {
+    "--max-new-tokens": ("--num_tokens",),
+    "--temperature": ("--temp",),
+    "--top-k": ("--top_k",),
+    "--top-p": ("--top_p",),
+    "--stop-token-id": ("--eos_id",),
+    "--checkpoint": ("--ckpt",),
 }
 RUN_FLAGS = {
     "device": "--device",
@@ -44,11 +57,38 @@ def _dtype(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def add_model_options(parser: argparse.ArgumentParser, *, default_help: str) -> None:
+def _line_limit(value: str) -> int:
+    try:
+        return parse_line_limit(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_input_options(parser: argparse.ArgumentParser) -> None:
+    """``--max-line-bytes``: the cap on one input line (an endless line, such as ``/dev/zero``,
+    must not grow without bound); a longer line is that line's problem."""
+    parser.add_argument(
+        "--max-line-bytes",
+        type=_line_limit,
+        default=MAX_LINE_BYTES,
+        metavar="N",
+        help=f"longest input line read, in bytes (K/M/G suffixes; default {MAX_LINE_BYTES >> 20}M)",
+    )
+
+
+def _spellings(flag: str, hipgpt: bool) -> tuple[str, ...]:
+    """``flag``, and its HipGPT spelling when the command accepts those."""
+    return (flag, *HIPGPT_ALIASES.get(flag, ())) if hipgpt else (flag,)
+
+
+def add_model_options(
+    parser: argparse.ArgumentParser, *, default_help: str, hipgpt: bool = False
+) -> None:
+    """The model options; ``hipgpt`` also accepts HipGPT's spelling (``--ckpt``)."""
     group = parser.add_argument_group("model")
     where = group.add_mutually_exclusive_group()
     where.add_argument(
-        "--checkpoint",
+        *_spellings("--checkpoint", hipgpt),
         metavar="PATH",
         help=f"checkpoint or run directory, a file a backend knows, or builtin:default "
         f"({default_help})",
@@ -79,16 +119,26 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         help="past the trained context: keep going (default) or keep the last tokens",
     )
     group.add_argument(
-        "--config", type=Path, metavar="FILE", help="config file (default: gpt-simple.toml)"
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="config file (default: gpt-simple.toml, else the [tool.gpt-simple] table of "
+        "pyproject.toml; the file read is logged and shown in the plan)",
     )
 
 
-def add_sampling_options(parser: argparse.ArgumentParser) -> None:
+def add_sampling_options(parser: argparse.ArgumentParser, *, hipgpt: bool = False) -> None:
+    """The sampling options; ``hipgpt`` also accepts HipGPT's spellings (``--num_tokens``,
+    ``--temp``, ``--top_k``, ``--top_p``, ``--eos_id``)."""
     group = parser.add_argument_group("sampling (defaults: see docs/sampling.md)")
-    group.add_argument("--max-new-tokens", type=int, help="default 100")
-    group.add_argument("--temperature", type=float, help="default 0.8")
-    group.add_argument("--top-k", type=int, help="default 50; 0 disables")
-    group.add_argument("--top-p", type=float, help="default 0.95; 1 disables")
+
+    def add(flag: str, help: str, **kwargs: Any) -> None:
+        group.add_argument(*_spellings(flag, hipgpt), help=help, **kwargs)
+
+    add("--max-new-tokens", "default 100", type=int)
+    add("--temperature", "default 0.8", type=float)
+    add("--top-k", "default 50; 0 disables", type=int)
+    add("--top-p", "default 0.95; 1 disables", type=float)
     group.add_argument("--min-p", type=float, help="default 0 (disabled)")
     mode = group.add_mutually_exclusive_group()
     mode.add_argument(
@@ -106,9 +156,7 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
         "--seed", type=int, help="run seed: each record's seed is derived from it and its position"
     )
     group.add_argument("--stop", action="append", metavar="TEXT", help="stop string (repeatable)")
-    group.add_argument(
-        "--stop-token-id", action="append", type=int, metavar="ID", help="stop token (repeatable)"
-    )
+    add("--stop-token-id", "stop token (repeatable)", action="append", type=int, metavar="ID")
     group.add_argument("--ignore-eos", action="store_true", default=None, help="do not stop at EOS")
     group.add_argument(
         "--return-full-text",
@@ -120,7 +168,7 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
 
 def _flag_errors(problems: list, flags: dict[str, str]) -> ConfigError:
     lines = [f"{flags.get(p.field, p.field)}: {p.message}" for p in problems]
-    return ConfigError("invalid option(s):\n  " + "\n  ".join(lines))
+    return ConfigError(f"invalid {noun(len(lines), 'option')}:\n  " + "\n  ".join(lines))
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -141,8 +189,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     )
     if problems:
         raise _flag_errors(problems, RUN_FLAGS)
+    checkpoint = getattr(args, "checkpoint", None)
     model = ModelSpec(
-        checkpoint=getattr(args, "checkpoint", None) or getattr(args, "output_dir", None),
+        # `is None`, not `or`: an empty --checkpoint "" is a mistake to report, not "none given"
+        checkpoint=checkpoint if checkpoint is not None else getattr(args, "output_dir", None),
         tokenizer=getattr(args, "tokenizer", None),
         backend=getattr(args, "backend", None),
         dtype=getattr(args, "dtype", None),

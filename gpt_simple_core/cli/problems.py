@@ -5,11 +5,12 @@ from __future__ import annotations
 import sys
 
 from gpt_simple_core.plan.model import Plan
+from gpt_simple_core.wording import plural
 
 
 def report_problems(plan: Plan) -> None:
     print(
-        f"gpt-simple: {len(plan.problems)} problem(s) in {plan.input}; nothing was loaded:",
+        f"gpt-simple: {plural(len(plan.problems), 'problem')} in {plan.input}; nothing was loaded:",
         file=sys.stderr,
     )
     for problem in plan.problems:

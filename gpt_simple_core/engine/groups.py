@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import attrs
 import structlog
 
-from gpt_simple_core.plan.planner import PlannedGroup, PlannedRecord
+from gpt_simple_core.plan.planned import PlannedGroup, PlannedRecord
 from gpt_simple_core.plan.preflight import preflight
 from gpt_simple_core.protocol import LoadRequest
 from gpt_simple_core.registry import Registry

@@ -8,7 +8,7 @@ from typing import Any
 
 from gpt_simple_core.checkpoints.info import CheckpointInfo
 from gpt_simple_core.engine.token_sequence import TokenSequence
-from gpt_simple_core.plan.planner import PlannedRecord
+from gpt_simple_core.plan.planned import PlannedRecord
 from gpt_simple_core.protocol import LoadedModel
 
 

@@ -27,7 +27,7 @@ from gpt_simple_core.engine.token_sequence import TokenSequence
 from gpt_simple_core.errors import BackendError
 from gpt_simple_core.output.progress import Progress
 from gpt_simple_core.output.sinks import Sink
-from gpt_simple_core.plan.planner import PlannedRecord
+from gpt_simple_core.plan.planned import PlannedRecord
 from gpt_simple_core.protocol import LoadedModel
 from gpt_simple_core.settings import RunOptions
 
@@ -128,4 +128,5 @@ class Engine:
             max_batch_tokens=self.options.max_batch_tokens,
             on_tokens=self.progress.add_tokens,
             before_step=self.stop.check,
+            on_token=getattr(self.sink, "on_token", None),  # a TokenSink streams
         ).run(records)

@@ -24,12 +24,21 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 import structlog
 
-from gpt_simple_core.engine.capacity import DEFAULT_MAX_SLOTS, Capacity, plan_capacity
+from gpt_simple_core.engine.capacity import (
+    DEFAULT_MAX_SLOTS,
+    Capacity,
+    model_budget,
+    plan_capacity,
+    reachable_length,
+    reserve_length,
+    row_limit,
+    too_long,
+)
 from gpt_simple_core.engine.sampler import forbidden_mask, next_tokens
-from gpt_simple_core.engine.token_sequence import TokenSequence
+from gpt_simple_core.engine.token_sequence import OnToken, TokenSequence
 from gpt_simple_core.errors import GenerationError
-from gpt_simple_core.plan.planner import PlannedRecord
-from gpt_simple_core.protocol import LoadedModel
+from gpt_simple_core.plan.planned import PlannedRecord
+from gpt_simple_core.protocol import OVERFLOW_TRUNCATE, LoadedModel
 
 log = structlog.get_logger(__name__)
 
@@ -48,7 +57,8 @@ class GroupScheduler:
     ``batch_size`` and ``max_batch_tokens`` override the slots and tokens per call the memory
     budget implies. ``bucketing=False`` admits strictly in input order (same completions,
     more padding). ``before_step`` runs before every step; raising there stops the loop with
-    the rows in flight unreported.
+    the rows in flight unreported. ``on_token`` (streaming) is called after every token a row
+    samples, with the text it adds (:meth:`TokenSequence.stream_piece`), before ``on_done``.
     """
 
     def __init__(
@@ -62,8 +72,10 @@ class GroupScheduler:
         on_tokens: Callable[[int], None] | None = None,
         bucketing: bool = True,
         before_step: Callable[[], None] | None = None,
+        on_token: OnToken | None = None,
     ) -> None:
         self.model = model
+        self.on_token = on_token
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
         self.bucketing = bucketing
@@ -77,6 +89,7 @@ class GroupScheduler:
         self._free: list[int] = []
         self._window: list[Waiting] = []
         self._window_size = 0
+        self._row_limit: int | None = None  # the longest row that fits the memory budget
 
     @property
     def call_tokens(self) -> int:
@@ -87,30 +100,37 @@ class GroupScheduler:
     def run(self, records: Iterable[PlannedRecord]) -> None:
         records = list(records)
         pending = iter(records)
+        budget = model_budget(self.model)
+        self._row_limit = row_limit(self.model, budget)
         # Fill a first window as large as the largest batch could need, then size the batch
-        # from the longest row it holds.
+        # from the longest row it holds (records that cannot fit at all fail as they enter it).
         cap = self.batch_size or self.model.max_batch_size or DEFAULT_MAX_SLOTS
         self._window, self._window_size = [], WINDOW_FACTOR * cap
         self._fill(pending)
         if not self._window:
             return
         longest_prompt = max(len(ids) for _, ids in self._window)
-        longest_new = max(r.max_new_tokens for r in records)
+        longest_row = reachable_length(self.model, longest_prompt, self._longest_new(records))
+        if self._row_limit is not None:
+            longest_row = min(longest_row, self._row_limit)
         self.capacity = plan_capacity(
             self.model,
-            longest_row=longest_prompt + longest_new,
+            longest_row=longest_row,
             batch_size=self.batch_size,
             max_batch_tokens=self.max_batch_tokens,
             records=len(records),
+            budget=budget,
         )
         slots = self.capacity.slots
+        reserved = reserve_length(self.model, longest_row, longest_prompt)
         log.info(
             "batching",
             slots=slots,
             tokens_per_call=self.capacity.call_tokens,
+            reserved_tokens_per_row=reserved,  # the cache grows past it for rows that need it
             why=self.capacity.reason,
         )
-        self.model.reserve(slots, longest_prompt + longest_new)
+        self.model.reserve(slots, reserved)
         self._window_size = WINDOW_FACTOR * slots
         self._free = list(range(slots - 1, -1, -1))
         self.active = {}
@@ -118,24 +138,56 @@ class GroupScheduler:
             self.before_step()  # may raise to stop the run between two steps
             admitted = self._admit(pending)
             if admitted:
-                self._step({slot: self.active[slot].prompt_ids for slot in admitted})
+                self._step({slot: self._prefill(self.active[slot].prompt_ids) for slot in admitted})
             if self.active:
                 self._step({slot: seq.generated[-1:] for slot, seq in self.active.items()})
 
+    def _longest_new(self, records: list[PlannedRecord]) -> int:
+        """The largest ``max_new_tokens`` among records that can fit at all (the others fail
+        as they enter the window, and must not shrink every batch to one row)."""
+        limit = self._row_limit
+        if limit is None:
+            return max(r.max_new_tokens for r in records)
+        fitting = [
+            r.max_new_tokens
+            for r in records
+            if reachable_length(self.model, 1, r.max_new_tokens) <= limit
+        ]
+        return max(fitting, default=1)
+
     def _fill(self, pending: Iterator[PlannedRecord]) -> None:
-        """Top the window up from ``pending``, tokenizing as records enter it."""
+        """Top the window up from ``pending``, tokenizing as records enter it; a record that
+        cannot fit in memory fails here, before anything is allocated for it (checked once
+        before tokenizing, with the plan's lower bound of its prompt, then with its real
+        length: a 50 MB prompt that cannot fit is not tokenized at all)."""
         while len(self._window) < self._window_size:
             planned = next(pending, None)
             if planned is None:
                 return
             try:
+                self._check_fits(planned, planned.min_prompt_tokens)
                 prompt_ids = self.model.tokenizer.encode(planned.record.prompt)
                 if not prompt_ids:
                     raise GenerationError("prompt produced no tokens")
+                self._check_fits(planned, len(prompt_ids))
             except Exception as exc:
                 self.on_error(planned, exc)
                 continue
             self._window.append((planned, prompt_ids))
+
+    def _check_fits(self, planned: PlannedRecord, prompt_tokens: int) -> None:
+        why = too_long(self.model, prompt_tokens, planned.max_new_tokens, self._row_limit)
+        if why is not None:
+            raise GenerationError(why)
+
+    def _prefill(self, ids: list[int]) -> list[int]:
+        """What a row's prefill feeds: its tokens, or under ``truncate`` only the last
+        ``context_length`` of them (the policy recomputes over exactly those, so feeding the
+        rest of a 50 MB prompt would only be recomputed away, chunk after chunk)."""
+        context = self.model.context_length
+        if self.model.context_overflow == OVERFLOW_TRUNCATE and context and len(ids) > context:
+            return ids[-context:]
+        return ids
 
     def _admit(self, pending: Iterator[PlannedRecord]) -> list[int]:
         chosen = choose_admissions(
@@ -145,7 +197,9 @@ class GroupScheduler:
         for position in chosen:
             planned, prompt_ids = self._window[position]
             slot = self._free.pop()
-            self.active[slot] = TokenSequence(planned, prompt_ids, self.model.tokenizer)
+            self.active[slot] = TokenSequence(
+                planned, prompt_ids, self.model.tokenizer, stream=self.on_token is not None
+            )
             admitted.append(slot)
         for position in reversed(chosen):
             del self._window[position]
@@ -176,6 +230,8 @@ class GroupScheduler:
                 self._fail(slot, exc)
                 continue
             produced += 1
+            if self.on_token is not None:
+                self.on_token(seq, seq.stream_piece())
             if seq.done:
                 self._retire(slot)
                 self.on_done(seq)
@@ -215,7 +271,7 @@ class GroupScheduler:
             self.model.release(slots)
             for slot in slots:
                 seq = self.active[slot]
-                self._call_alone(slot, seq.prompt_ids + seq.generated, parts)
+                self._call_alone(slot, self._prefill(seq.prompt_ids + seq.generated), parts)
             return
         parts.append((slots, _owned_float32(logits)))
 

@@ -29,7 +29,7 @@ import attrs
 import cattrs
 
 from gpt_simple_core import __version__
-from gpt_simple_core.plan.planner import PlannedGroup
+from gpt_simple_core.plan.planned import PlannedGroup
 from gpt_simple_core.records.source import InputDigest
 from gpt_simple_core.settings import Settings
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
+from array import array
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
@@ -26,6 +28,7 @@ from typing import IO
 import attrs
 import structlog
 
+from gpt_simple_core.engine.executor import Executor
 from gpt_simple_core.engine.result import RunResult
 from gpt_simple_core.engine.stop import Stop
 from gpt_simple_core.errors import ConfigError
@@ -43,7 +46,7 @@ from gpt_simple_core.jobs.manifest import (
 from gpt_simple_core.jobs.recovery import Recovered, expected_records, recover
 from gpt_simple_core.output.spool import SPOOL_FILE, Spool
 from gpt_simple_core.output.writer import OrderedWriter
-from gpt_simple_core.plan.planner import Planned
+from gpt_simple_core.plan.planned import Planned
 from gpt_simple_core.records.source import InputDigest
 from gpt_simple_core.session import Session
 from gpt_simple_core.settings import Settings
@@ -53,6 +56,9 @@ log = structlog.get_logger(__name__)
 SIDECAR_SUFFIX = ".gpt-simple"
 MANIFEST_FILE = "manifest.json"
 LOCK_FILE = "lock"
+#: The input positions a shard's output holds, in its order: little-endian uint64 each, so
+#: merge can stream any number of records.
+INDEXES_FILE = "indexes.u64"
 
 
 @attrs.frozen
@@ -128,36 +134,57 @@ class OutputJob:
 
     def _decide(self) -> None:
         """Whether this run starts fresh or resumes, and what it refuses to touch."""
+        refusal = self.refusal()
+        if refusal is not None:
+            raise ConfigError(refusal)
+        if self.mode.resume:
+            self.previous = read_manifest(self.manifest_path)
+            return
+        self._start_over()
+
+    def refusal(self) -> str | None:
+        """Why this run may not write its output as asked (None: it may). Reads only, so a
+        dry-run can say it too."""
         has_output = self.output.exists() and self.output.stat().st_size > 0
         previous = read_manifest(self.manifest_path)
         if self.mode.overwrite:
-            self._start_over()
-            return
+            return None
         if self.mode.resume:
             if previous is None and has_output:
-                raise ConfigError(
+                return (
                     f"cannot resume {self.output}: it has no gpt-simple manifest "
                     f"({self.manifest_path}), so it cannot be checked; --overwrite replaces it"
                 )
-            self.previous = previous
-            return
+            return None
         lines = _count_lines(self.output)
         if previous is not None and previous.status == COMPLETE and lines == previous.records:
-            raise ConfigError(
+            return (
                 f"{self.output} is the complete output of an earlier run: --overwrite replaces "
                 f"it (--resume would find nothing to do)"
             )
         if previous is not None and (has_output or self.spool_path.exists()):
-            raise ConfigError(
+            return (
                 f"{self.output} holds {lines} of the {previous.records} records of an "
                 f"interrupted run: --resume continues it, --overwrite starts over"
             )
         if has_output:
-            raise ConfigError(
+            return (
                 f"{self.output} exists and was not written by gpt-simple (no manifest): "
                 f"--overwrite replaces it"
             )
-        self._start_over()
+        return None
+
+    def dry_run_refusal(self) -> str | None:
+        """What a real run would refuse about the output, found without writing anything: the
+        folder it goes into cannot be written, or :meth:`refusal`."""
+        folder = self.output.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent  # the real run creates the missing folders from here
+        if not folder.is_dir():
+            return f"cannot write output {self.given}: {folder} is not a folder"
+        if not os.access(folder, os.W_OK | os.X_OK):
+            return f"cannot write output {self.given}: {folder} is not writable"
+        return self.refusal()
 
     def _start_over(self) -> None:
         """Remove this output's own state (never anything we did not create)."""
@@ -183,6 +210,7 @@ class OutputJob:
         stop: Stop | None = None,
         order: Sequence[int] | None = None,
         order_info: dict | None = None,
+        executor: Executor | None = None,
     ) -> RunResult:
         """Run what is left of ``planned`` into the output; returns what this run did."""
         order = list(range(planned.plan.records)) if order is None else list(order)
@@ -196,6 +224,8 @@ class OutputJob:
             records=len(order),
         )
         recovered = self._recover(manifest, planned, order)
+        if "shard" in manifest.order:
+            write_indexes(self.sidecar / INDEXES_FILE, order)
         done = recovered.done(order) if recovered else set()
         if recovered and len(done) == len(order):
             log.info("the output is complete: nothing to run", output=str(self.output))
@@ -210,7 +240,7 @@ class OutputJob:
             failed = recovered.failed if recovered else 0  # kept records with an error
             self._note(manifest.with_progress(RUNNING, writer.position, writer.pending, failed))
             try:
-                result = session.run(planned, writer, stop=stop, skip=done)
+                result = session.run(planned, writer, stop=stop, skip=done, executor=executor)
                 failed += result.failed
             finally:
                 writer.close()
@@ -259,6 +289,19 @@ class OutputJob:
             to_run=len(order) - len(recovered.done(order)),
         )
         return recovered
+
+
+def write_indexes(path: Path, order: Sequence[int]) -> None:
+    """The positions of ``order`` beside the output, atomically."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    values = array("Q", order)
+    if sys.byteorder != "little":
+        values.byteswap()
+    with temp.open("wb") as stream:
+        values.tofile(stream)
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(temp, path)
 
 
 def _count_lines(path: Path) -> int:

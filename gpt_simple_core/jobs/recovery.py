@@ -27,7 +27,7 @@ from typing import IO, Any
 import attrs
 
 from gpt_simple_core.output.spool import dumps, iter_spool, open_exclusive
-from gpt_simple_core.plan.planner import PlannedGroup, PlannedRecord
+from gpt_simple_core.plan.planned import PlannedGroup, PlannedRecord
 
 
 @attrs.frozen

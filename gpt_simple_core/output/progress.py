@@ -8,6 +8,9 @@ from typing import IO
 
 import structlog
 
+from gpt_simple_core.logs import LIVE_LINE
+from gpt_simple_core.wording import noun
+
 log = structlog.get_logger(__name__)
 
 LOG_EVERY_SECONDS = 15.0
@@ -50,7 +53,7 @@ class Progress:
         remaining = (self.total - self.done) * elapsed / self.done if self.done else 0.0
         failed = f", {self.failed} failed" if self.failed else ""
         return (
-            f"{self.done}/{self.total} records{failed} | {rate:.1f} tok/s | "
+            f"{self.done}/{self.total} {noun(self.total, 'record')}{failed} | {rate:.1f} tok/s | "
             f"ETA {_eta(remaining) if self.done else '?'}"
         )
 
@@ -63,12 +66,11 @@ class Progress:
             return
         self._last_draw = now
         if self.live:
-            self.stream.write("\r\x1b[K" + self.line())
-            self.stream.flush()
+            # through the process's live line, so log lines step around it (logs.LiveLine)
+            LIVE_LINE.draw(self.stream, self.line())
         else:
             log.info("progress", status=self.line())
 
     def close(self) -> None:
         if self.live:
-            self.stream.write("\n")
-            self.stream.flush()
+            LIVE_LINE.end()

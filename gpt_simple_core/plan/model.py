@@ -11,6 +11,8 @@ from typing import Any
 import attrs
 import cattrs
 
+from gpt_simple_core.wording import plural
+
 PLAN_VERSION = 1
 
 
@@ -54,7 +56,7 @@ class PlanProblem:
             f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
         )
         if self.count > 1:
-            text += f" (and {self.count - 1} more records)"
+            text += f" (and {plural(self.count - 1, 'more record')})"
         return text
 
 
@@ -66,6 +68,11 @@ class Plan:
     groups: tuple[PlanGroup, ...] = ()
     problems: tuple[PlanProblem, ...] = ()
     warnings: tuple[str, ...] = ()
+    #: the config files whose settings the plan used, in the order they were read (an
+    #: unnoticed ``[tool.gpt-simple]`` table changes results: the plan says it is there)
+    config_files: tuple[str, ...] = ()
+    #: with ``--shard``: per shard, its groups (and parts of split groups), records, cost
+    shards: tuple[dict[str, Any], ...] = ()
 
     @property
     def ok(self) -> bool:

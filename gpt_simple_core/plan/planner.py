@@ -6,9 +6,8 @@ and pre-flights backends, but never loads weights or imports a runtime such as t
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +17,14 @@ from gpt_simple_core.checkpoints.info import CheckpointInfo
 from gpt_simple_core.checkpoints.resolve import resolve_checkpoint
 from gpt_simple_core.errors import CheckpointError
 from gpt_simple_core.plan.backend_choice import Asked, BackendChoice, choose_backend
+from gpt_simple_core.plan.bounds import bounded_threads, fit_warnings
 from gpt_simple_core.plan.model import Plan, PlanGroup, PlanProblem
-from gpt_simple_core.protocol import AUTO, OVERFLOW_WINDOW, Backend, LoadRequest
+from gpt_simple_core.plan.planned import Planned, PlannedGroup, PlannedRecord
+from gpt_simple_core.protocol import AUTO, OVERFLOW_WINDOW, LoadRequest
 from gpt_simple_core.records.parse import Record, bulk_allocation
 from gpt_simple_core.records.problems import Problem
 from gpt_simple_core.records.schema import (
     BUILTIN_GENERATION,
-    GenerationParams,
     GenerationSpec,
     ModelSpec,
     resolve_generation,
@@ -33,57 +33,7 @@ from gpt_simple_core.records.schema import (
 from gpt_simple_core.records.seeds import derive_seed, draw_run_seed
 from gpt_simple_core.registry import Registry
 from gpt_simple_core.settings import Settings
-
-
-@attrs.define(eq=False, slots=False)
-class PlannedRecord:
-    """A record and its resolved sampling parameters: ``fields`` (everything but the seed, one
-    mapping shared by the records whose generation blocks resolve alike) and its ``seed``.
-
-    :attr:`params` is built from them on first use, so planning (a dry-run of 100k records)
-    does not build an object per record.
-    """
-
-    record: Record
-    fields: Mapping[str, Any] = attrs.field(repr=False)
-    seed: int
-
-    @classmethod
-    def from_params(cls, record: Record, params: GenerationParams) -> PlannedRecord:
-        fields = params.to_fields()
-        seed = fields.pop("seed")
-        planned = cls(record, fields, seed)
-        planned.__dict__["params"] = params  # the cached_property's slot, already filled
-        return planned
-
-    @functools.cached_property
-    def params(self) -> GenerationParams:
-        return GenerationParams(**self.fields, seed=self.seed)
-
-    @property
-    def max_new_tokens(self) -> int:
-        return self.fields["max_new_tokens"]
-
-
-@attrs.define
-class PlannedGroup:
-    """A group ready to run: its checkpoint, backend, pre-flighted load request and records."""
-
-    info: CheckpointInfo
-    backend: Backend
-    request: LoadRequest
-    records: list[PlannedRecord]
-    summary: PlanGroup
-
-
-@attrs.define
-class Planned:
-    """The plan (what a dry-run shows), its groups, and the run seed every unseeded record's
-    seed was derived from."""
-
-    plan: Plan
-    groups: list[PlannedGroup]
-    run_seed: int = 0
+from gpt_simple_core.wording import plural
 
 
 @attrs.frozen
@@ -191,6 +141,8 @@ class Planner:
         self._model_specs: dict[ModelSpec | None, ModelSpec] = {}
         # model block -> where its records go (a group key) or the problems that stop them
         self._routes: dict[ModelSpec | None, _Route] = {}
+        self.threads, threads_warning = bounded_threads(settings.run.threads)
+        self.warnings: list[str] = [threads_warning] if threads_warning else []
 
     # Per record ----------------------------------------------------------------------------
     def model_spec(self, record: Record) -> ModelSpec:
@@ -229,7 +181,7 @@ class Planner:
         request = LoadRequest(
             dtype=spec.dtype or AUTO,
             device=run.device or AUTO,
-            threads=run.threads,
+            threads=self.threads,
             context_overflow=run.context_overflow,
         )
         return Asked(request, spec.options, self.settings.backend_options)
@@ -266,11 +218,15 @@ class Planner:
             log.add(problem)
         with bulk_allocation():
             planned_groups = self._place(records, log)
+        warnings = list(self.warnings)
+        if not records and not parse_problems:
+            warnings.append(f"{self.source} contains no records: there is nothing to run")
         plan = Plan(
             input=self.source,
             records=len(records),
             groups=tuple(g.summary for g in planned_groups),
             problems=log.problems(),
+            warnings=tuple(warnings),
         )
         return Planned(plan, planned_groups, self.generation.run_seed)
 
@@ -326,7 +282,7 @@ class Planner:
     def _summarise(self, group: PlannedGroup) -> PlannedGroup:
         budget = sum(r.max_new_tokens for r in group.records)
         weight_bytes = group.backend.weight_bytes(group.info, group.request.dtype)
-        warnings = list(group.summary.warnings) + _context_warnings(group)
+        warnings = list(group.summary.warnings) + _context_warnings(group) + fit_warnings(group)
         group.summary = attrs.evolve(
             group.summary,
             records=len(group.records),
@@ -370,7 +326,7 @@ def _context_warnings(group: PlannedGroup) -> list[str]:
         return []
     parts = []
     if will:
-        parts.append(f"{will} record(s) will run past the context of {context} tokens")
+        parts.append(f"{plural(will, 'record')} will run past the context of {context} tokens")
     if may:
         parts.append(f"{may} more may (prompt + max_new_tokens, from a cheap bound)")
     return ["; ".join(parts) + "; the backend's context policy applies (see meta)"]

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from gpt_simple_core.plan.model import Plan, PlanGroup
+from gpt_simple_core.settings import PYPROJECT_TABLE
+from gpt_simple_core.wording import noun, plural
 
 
 def human_bytes(n: int | None) -> str:
@@ -41,18 +45,50 @@ def _group_lines(number: int, group: PlanGroup) -> list[str]:
     return lines
 
 
+def _shard_lines(plan: Plan) -> list[str]:
+    if not plan.shards:
+        return []
+    total = sum(s["cost"] for s in plan.shards) or 1
+    lines = [f"Shards: {len(plan.shards)} (cost: weight bytes x (tokens + a load), estimated)"]
+    for shard in plan.shards:
+        share = 100 * shard["cost"] / total
+        lines.append(
+            f"  shard {shard['shard']}: {shard['records']} records, {shard['tokens']} tokens, "
+            f"{share:.0f}% of the cost"
+        )
+        for group in shard["groups"]:
+            part = f", part {group['part']} (the group is split)" if group["part"] else ""
+            lines.append(
+                f"    [{group['group']}] {group['checkpoint']}: {group['records']} records{part}"
+            )
+    return lines
+
+
+def _config_lines(plan: Plan) -> list[str]:
+    """The config files the settings came from: a ``pyproject.toml`` table changes results
+    as much as a flag does, so the plan names it."""
+    shown = [
+        f"{name} [tool.{PYPROJECT_TABLE}]" if Path(name).name == "pyproject.toml" else name
+        for name in plan.config_files
+    ]
+    if not shown:
+        return []
+    return [f"{noun(len(shown), 'config file')}: {', '.join(shown)}"]
+
+
 def render_text(plan: Plan) -> str:
     """The plan, one block per group in load order, then problems if any."""
     budget = sum(g.token_budget for g in plan.groups)
     head = (
-        f"Plan for {plan.input or 'input'}: {plan.records} records in {len(plan.groups)} "
-        f"group(s) (one model load each), up to {budget} new tokens"
+        f"Plan for {plan.input or 'input'}: {plural(plan.records, 'record')} in "
+        f"{plural(len(plan.groups), 'group')} (one model load each), up to {budget} new tokens"
     )
-    lines = [head]
+    lines = [head, *_config_lines(plan)]
     for number, group in enumerate(plan.groups, 1):
         lines.extend(_group_lines(number, group))
     lines.extend(f"warning: {w}" for w in plan.warnings)
+    lines.extend(_shard_lines(plan))
     if plan.problems:
-        lines.append(f"{len(plan.problems)} problem(s):")
+        lines.append(f"{plural(len(plan.problems), 'problem')}:")
         lines.extend(f"  {p.render()}" for p in plan.problems)
     return "\n".join(lines) + "\n"

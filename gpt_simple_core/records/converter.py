@@ -9,6 +9,7 @@ values reports three problems.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -54,9 +55,17 @@ def _strict_int(value: Any, _: type) -> int:
 
 
 def _strict_float(value: Any, _: type) -> float:
+    """A finite number: Python's JSON reads ``NaN``, ``Infinity`` and ``1e999`` (infinite),
+    none of which is a usable temperature or penalty."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _TypeMismatch(f"must be a number, got {_describe(value)}")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise _TypeMismatch(f"must be a finite number, got {value!r}"[:200])
+    return number
 
 
 def _strict_bool(value: Any, _: type) -> bool:

@@ -14,6 +14,7 @@ import attrs
 from gpt_simple_core.records.converter import structure_block
 from gpt_simple_core.records.problems import Problem
 from gpt_simple_core.records.schema import MAX_SEED, GenerationSpec, ModelSpec
+from gpt_simple_core.strict_json import DECODER, DuplicateKey
 
 KNOWN_TOP_LEVEL = ("prompt", "model", "generation")
 RESERVED = ("completion", "error", "meta")  # output keys: an input carrying them is a mistake
@@ -208,20 +209,71 @@ def _lone_surrogate(obj: Any) -> bool:
     return False
 
 
-_scan = json.JSONDecoder().scan_once
+#: Nesting deeper than this in one line is refused as that line's problem. Far above any real
+#: record, and far below what Python's JSON reader and writer recurse through: a record nested
+#: a thousand levels deep parses, but writing its output (echoing its keys) from inside the
+#: engine would fail and take the run with it.
+MAX_JSON_DEPTH = 100
+
+
+_DECODER = DECODER
+_scan = _DECODER.scan_once
 
 
 def _loads(text: str) -> Any:
-    """``json.loads(text)``, calling the C scanner directly for a line that is one JSON value
-    (the common case, about twice as fast on short lines); anything else goes through
-    ``json.loads``, which raises its usual errors."""
+    """``json.loads(text)`` with repeated keys refused, calling the C scanner directly for a
+    line that is one JSON value (the common case, about twice as fast on short lines);
+    anything else goes through the full decoder, which raises its usual errors."""
     try:
         obj, end = _scan(text, 0)
+    except DuplicateKey:
+        raise
     except (StopIteration, ValueError):
-        return json.loads(text)
+        return _DECODER.decode(text)
     if end != len(text) and text[end:].strip():
-        return json.loads(text)
+        return _DECODER.decode(text)
     return obj
+
+
+def json_depth(obj: Any) -> int:
+    """How deeply ``obj`` nests lists and objects (a scalar is 0), without recursion."""
+    deepest = 0
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Iterable[Any] = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def too_deep(text: str, obj: Any) -> bool:
+    """Whether ``obj`` (parsed from ``text``) nests deeper than :data:`MAX_JSON_DEPTH`. Counting
+    brackets first (a necessary condition, at C speed) keeps the walk off ordinary lines."""
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return False
+    return json_depth(obj) > MAX_JSON_DEPTH
+
+
+def _line_problem(number: int, text: str) -> tuple[Any, Problem | None]:
+    """The object of one line, or the line's problem (invalid, ambiguous or too deep JSON)."""
+    nested = f"nested deeper than {MAX_JSON_DEPTH} levels (the limit for one record)"
+    try:
+        obj = _loads(text)
+    except DuplicateKey as exc:
+        return None, Problem(number, "", f"invalid JSON: {exc}")
+    except RecursionError:
+        return None, Problem(number, "", f"invalid JSON: {nested}")
+    except ValueError as exc:
+        return None, Problem(number, "", f"invalid JSON: {exc}")
+    if too_deep(text, obj):
+        return None, Problem(number, "", f"invalid JSON: {nested}")
+    return obj, None
 
 
 def iter_json_lines(lines: Iterable[str | bytes]) -> Iterator[tuple[int, Any | Problem]]:
@@ -237,10 +289,9 @@ def iter_json_lines(lines: Iterable[str | bytes]) -> Iterator[tuple[int, Any | P
             continue
         if not text or text.isspace():
             continue
-        try:
-            obj = _loads(text)
-        except ValueError as exc:
-            yield number, Problem(number, "", f"invalid JSON: {exc}")
+        obj, problem = _line_problem(number, text)
+        if problem is not None:
+            yield number, problem
             continue
         if ("\\ud" in text or "\\uD" in text) and _lone_surrogate(obj):
             message = "invalid JSON: a \\uD800-\\uDFFF escape without its pair is not text"

@@ -15,6 +15,9 @@ import attrs
 from gpt_simple_core.protocol import normalize_dtype
 
 MAX_SEED = 2**64 - 1
+#: The smallest temperature: logits divided by less overflow float32 (and sampling that cold is
+#: greedy decoding in all but name).
+MIN_TEMPERATURE = 1e-6
 
 
 # Validators (attrs signature). They see only set values: None means "not said here".
@@ -97,7 +100,15 @@ class GenerationSpec:
         default=None, validator=_check(lambda v: v >= 1, "must be >= 1, got {value}")
     )
     temperature: float | None = attrs.field(
-        default=None, validator=_check(lambda v: v > 0, "must be > 0, got {value}")
+        default=None,
+        validator=[
+            _check(lambda v: v > 0, "must be > 0, got {value}"),
+            _check(
+                lambda v: v <= 0 or v >= MIN_TEMPERATURE,
+                f"must be at least {MIN_TEMPERATURE:g}, got {{value}} (below that, scaled "
+                "logits overflow; for argmax decoding use greedy)",
+            ),
+        ],
     )
     top_k: int | None = attrs.field(
         default=None, validator=_check(lambda v: v >= 0, "must be >= 0 (0 disables), got {value}")

@@ -2,7 +2,9 @@
 
 A record's own ``seed`` wins. Otherwise its seed is derived from a run seed and the record's
 position, so a run is reproducible from one number while n copies of one prompt still differ.
-Without a run seed, one is drawn from the OS. The effective seed is always echoed in the output.
+Without a run seed, one is drawn from the OS, except for the shards of a sweep, which take one
+from the input's content so every node derives the same seeds. The effective seed is always
+echoed in the output.
 """
 
 from __future__ import annotations
@@ -22,3 +24,8 @@ def derive_seed(run_seed: int, position: int) -> int:
     """The seed of the record at ``position`` (0-based among the input's records)."""
     digest = hashlib.blake2b(f"{run_seed}:{position}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> (64 - DERIVED_SEED_BITS)
+
+
+def seed_from_digest(sha256: str) -> int:
+    """A run seed that every node computes alike from the input's sha256 (hex)."""
+    return int(sha256[:16], 16) >> (64 - DERIVED_SEED_BITS)

@@ -27,6 +27,19 @@ MAX_LINE_BYTES = 64 << 20
 STDIN = "-"
 
 
+_SUFFIXES = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_line_limit(text: str) -> int:
+    """``--max-line-bytes``: a positive number of bytes, optionally with a K, M or G (binary)
+    suffix (``64M``). Raises ``ValueError`` saying what would work."""
+    raw = text.strip().lower().removesuffix("ib").removesuffix("b")
+    number, suffix = (raw[:-1], raw[-1]) if raw[-1:] in ("k", "m", "g") else (raw, "")
+    if not number.isdigit() or int(number) < 1:
+        raise ValueError(f"{text!r} is not a positive number of bytes (such as 1048576 or 64M)")
+    return int(number) * _SUFFIXES[suffix]
+
+
 @attrs.define
 class InputDigest:
     """What was read: the name problems use, the file (``None`` for stdin) and its sha256."""
@@ -40,9 +53,13 @@ class InputDigest:
 def _check_readable(source: str) -> Path:
     """``source`` as a path that can be read as a stream, or a :class:`ConfigError` saying
     precisely why not (missing, a directory, unreadable)."""
-    path = Path(source).expanduser()
+    if "\0" in source:
+        raise ConfigError(f"input file {source!r}: a path cannot contain a NUL byte")
     try:
+        path = Path(source).expanduser()
         mode = path.stat().st_mode
+    except RuntimeError as exc:  # ~user of a user that does not exist
+        raise ConfigError(f"input file {source}: {exc} (a ~user that does not exist?)") from None
     except FileNotFoundError:
         raise ConfigError(f"input file {source} does not exist") from None
     except OSError as exc:

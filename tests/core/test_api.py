@@ -132,7 +132,7 @@ def test_same_engine_as_the_cli(tmp_path, capsys, toy):
 
 def test_failures_raise_generation_error(tmp_path, toy, loaded):
     model, tokenizer, _ = loaded
-    with pytest.raises(GenerationError, match=r"1 prompt\(s\) failed: prompt 1: GenerationError: "):
+    with pytest.raises(GenerationError, match=r"1 prompt failed: prompt 1: GenerationError: "):
         generate(model, tokenizer, ["abc", "123", "de"], max_new_tokens=2)
     records = generate_records(model, tokenizer, ["abc", "123"], max_new_tokens=2)
     assert "completion" in records[0]

@@ -13,7 +13,7 @@ import signal
 import pytest
 
 from gpt_simple_core.engine.scheduler import GroupScheduler
-from gpt_simple_core.plan.planner import PlannedRecord
+from gpt_simple_core.plan.planned import PlannedRecord
 from gpt_simple_core.protocol import LoadRequest
 from gpt_simple_core.records.parse import Record
 from gpt_simple_core.records.seeds import derive_seed

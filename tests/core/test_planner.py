@@ -180,7 +180,7 @@ def test_environment_variables_inside_records(two_models, tmp_path, monkeypatch)
     assert (problem.line, problem.field) == (4, "model.checkpoint")
     assert "environment variable NOT_SET_ANYWHERE is not set" in problem.message
     assert problem.count == 2
-    assert problem.render().endswith("(and 1 more records)")
+    assert problem.render().endswith("(and 1 more record)")
 
 
 def test_context_warnings_from_a_cheap_bound(two_models):
@@ -199,7 +199,7 @@ def test_context_warnings_from_a_cheap_bound(two_models):
     )
     (group,) = planned.plan.groups
     (warning,) = group.warnings
-    assert "1 record(s) will run past the context of 128 tokens" in warning
+    assert "1 record will run past the context of 128 tokens" in warning
     assert "1 more may" in warning
     assert "context policy" in warning
 
@@ -220,14 +220,14 @@ def test_text_rendering(two_models):
         [record(run, "fp32"), record(ckpt_b), {"prompt": "x", "model": {"checkpoint": "nope"}}]
     ).plan
     text = render_text(plan)
-    assert text.startswith("Plan for in.jsonl: 3 records in 2 group(s)")
+    assert text.startswith("Plan for in.jsonl: 3 records in 2 groups ")
     assert f"[1] {run / 'checkpoints' / 'checkpoint-20'} (gpt-simple, step 20)" in text
     assert "    picked: latest completed checkpoint" in text
     assert "    backend: plan-only (auto: highest-priority" in text
     assert "    dtype: fp32; device: auto (resolved at load)" in text
     assert f"    tokenizer: {run / 'tokenizer'} (EOS id 0)" in text
     assert "    records: 1 (first on line 1); token budget 5; weights ~" in text
-    assert "1 problem(s):" in text
+    assert "1 problem:" in text
     assert "in.jsonl:3: model.checkpoint: nope: no such file or directory" in text
 
 
@@ -268,7 +268,7 @@ def test_dry_run_json_and_text(two_models, tmp_path, capsys):
     assert data["problems"] == []
     code, out, err = cli(capsys, "batch-generate", "--input", str(source), "--dry-run")
     assert code == 0
-    assert out.startswith(f"Plan for {source}: 2 records in 2 group(s)")
+    assert out.startswith(f"Plan for {source}: 2 records in 2 groups ")
     # problems: plan on stdout, problems on stderr, exit 2
     write_jsonl(source, [record("runA", "fp32"), {"prompt": 3}])
     code, out, err = cli(

@@ -90,7 +90,7 @@ def test_every_problem_of_a_file_is_reported_with_its_line(tmp_path, toy_ckpt, t
     assert out == ""
     assert toy.loaded == []  # nothing loaded
     lines = err.splitlines()
-    assert "problem(s)" in lines[0] and "nothing was loaded" in lines[0]
+    assert " problems in " in lines[0] and "nothing was loaded" in lines[0]
     reported = lines[1:]
     for line, field, message in EXPECTED:
         where = f"{source}:{line}: {field}: " if field else f"{source}:{line}: "

@@ -14,7 +14,7 @@ from gpt_simple_core.engine import capacity
 from gpt_simple_core.engine.capacity import plan_capacity
 from gpt_simple_core.engine.scheduler import WINDOW_FACTOR, GroupScheduler, choose_admissions
 from gpt_simple_core.engine.token_sequence import TokenSequence
-from gpt_simple_core.plan.planner import PlannedRecord
+from gpt_simple_core.plan.planned import PlannedRecord
 from gpt_simple_core.protocol import LoadRequest
 from gpt_simple_core.records.parse import Record
 from tests.core.helpers import generation_params
@@ -65,9 +65,9 @@ class Run:
         )
         original = TokenSequence.__init__
 
-        def spy(seq: TokenSequence, planned: PlannedRecord, *args) -> None:
+        def spy(seq: TokenSequence, planned: PlannedRecord, *args, **kwargs) -> None:
             self.admitted.append(planned.record.index)
-            original(seq, planned, *args)
+            original(seq, planned, *args, **kwargs)
 
         TokenSequence.__init__ = spy  # type: ignore[method-assign]
         try:

@@ -120,3 +120,14 @@ def test_rejects_malformed_files(tmp_path: Path, content: str, fragment: str) ->
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(TokenizerError, match="cannot read tokenizer"):
         read_tokenizer(tmp_path / "tokenizer.json")
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [("[" * 100_000 + "]" * 100_000, "nested too deeply"), ('{"a": 1, "a": 2}', "duplicate key")],
+)
+def test_a_hostile_tokenizer_json_is_a_tokenizer_error(tmp_path, text, needle):
+    path = tmp_path / "tokenizer.json"
+    path.write_text(text)
+    with pytest.raises(TokenizerError, match=needle):
+        read_tokenizer(path)

@@ -309,3 +309,55 @@ def test_a_batch_mixes_torch_and_onnx_records_on_one_checkpoint(
     onnx_meta = out[1]["meta"]
     assert onnx_meta["notes"]["export_cache"] == "cached"
     assert onnx_meta["notes"]["provider"] == "CPUExecutionProvider"
+
+
+def test_a_damaged_cache_entry_is_replaced_not_reused(
+    exported: Exported,
+    checkpoints: dict[str, CheckpointInfo],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An entry whose graph cannot be read (a copy cut short, a disk fault) would fail every
+    later run: the load says so, removes it and exports again, once."""
+    info = checkpoints["mqa-relu"]
+    cache = ONNXCache(tmp_path / "cache")
+    spy = ExportSpy(monkeypatch, fake=fake_export_from(exported("mqa-relu").path))
+    entry, _ = OnnxBackend(cache).cached_export(info, "fp32")
+    graph = entry / layout.MODEL_FILE
+    graph.write_bytes(graph.read_bytes()[:200])  # cut short
+    model = OnnxBackend(cache).load(info, CPU)
+    assert len(spy.calls) == 2 and model.notes["export_cache"] == "exported"
+    assert sorted(cache.folder.iterdir()) == [entry]  # the damaged copy is gone
+    ids = model.tokenizer.encode("The assert statement")
+    assert np.abs(model.forward([0], [ids]) - torch_model(info).forward([0], [ids])).max() <= 1e-4
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_during_an_export_stops_the_run(
+    checkpoints: dict[str, CheckpointInfo], tmp_path: Path, signum: int, status: int
+) -> None:
+    """A signal while the export runs (inside torch's exporter, which wraps errors) stops the
+    run with the signal's status; it is never a record error that lets the run go on."""
+    info = checkpoints["mqa-relu"]
+    source = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "a"}, {"prompt": "b"}])
+    env = {**os.environ, "GPT_SIMPLE_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "backends")])
+    env.pop("GPT_SIMPLE_PLUGINS", None)  # every installed plugin, as a user runs it
+    command = [sys.executable, "-m", "gpt_simple_core.cli.main", "batch-generate", "--input",
+               str(source), "--checkpoint", str(info.path), "--backend", "onnx",
+               "--output", str(tmp_path / "out.jsonl")]  # fmt: skip
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    seen = []
+    assert process.stderr is not None
+    for line in process.stderr:
+        seen.append(line)
+        if "export: tracing the graph" in line:
+            time.sleep(0.5)  # inside torch.onnx.export
+            process.send_signal(signum)
+            break
+    rest = process.stderr.read()
+    assert process.wait(timeout=120) == status, "".join(seen) + rest
+    assert "record failed" not in rest and "Traceback" not in rest
+    assert (tmp_path / "out.jsonl").read_text() == ""
+    leftovers = list((tmp_path / "cache" / "onnx").iterdir())
+    assert all(p.name.startswith(TEMP_PREFIX) for p in leftovers)  # no entry was installed

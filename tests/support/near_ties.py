@@ -23,7 +23,7 @@ from gpt_simple_core.engine.sampler import (
     forbidden_mask,
 )
 from gpt_simple_core.engine.scheduler import GroupScheduler
-from gpt_simple_core.plan.planner import PlannedRecord
+from gpt_simple_core.plan.planned import PlannedRecord
 from gpt_simple_core.protocol import LoadedModel
 from gpt_simple_core.records.parse import Record
 from gpt_simple_core.records.schema import GenerationParams

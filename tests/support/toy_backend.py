@@ -81,7 +81,11 @@ class ToyModel(LoadedModel):
         self.dtype = "fp32" if request.dtype == "auto" else request.dtype
         self.device = "cpu"
         self.context_length = settings.get("context")
-        self.context_overflow = OVERFLOW_EXTRAPOLATE
+        self.context_overflow = settings.get("overflow", OVERFLOW_EXTRAPOLATE)
+        # memory knobs, for the tests of bounded rows: bytes a token of a row costs, the budget
+        self.kv_bytes_per_token = settings.get("kv_bytes")
+        self.memory_budget = settings.get("budget")
+        self.reserved: list[tuple[int, int]] = []  # (slots, row length) of every reserve()
         self.notes = {"toy": True}
         self.rows: dict[int, list[int]] = {}
         self.prompt_lengths: dict[int, int] = {}
@@ -125,6 +129,9 @@ class ToyModel(LoadedModel):
         Falls back to the first call's length for rows fed without ``tokenizer.encode``."""
         known = [len(p) for p in self.tokenizer.prompts if history[: len(p)] == p]
         return max(known) if known else self.prompt_lengths[row]
+
+    def reserve(self, slots: int, max_length: int) -> None:
+        self.reserved.append((slots, max_length))
 
     def release(self, rows: Sequence[int]) -> None:
         for row in rows:
@@ -184,6 +191,7 @@ class ToyPlugin:
             context_length=settings.get("context"),
             eos_id=EOS_ID,
             config=settings,
+            kv_values_per_token=(settings.get("kv_bytes") or 0) // 4 or None,
         )
 
 
