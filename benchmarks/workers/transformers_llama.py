@@ -25,6 +25,12 @@ from benchmarks.workers.common import best_of, emit
 
 
 def convert(checkpoint: Path, out: Path) -> None:
+    convert_in_process(checkpoint, out)
+    emit({"converted": str(out)})
+
+
+def convert_in_process(checkpoint: Path, out: Path) -> None:
+    """Write a Hugging Face Llama folder holding ``checkpoint``'s weights into ``out``."""
     from safetensors.numpy import load_file
 
     from gpt_simple_lm_format.config import ModelConfig
@@ -38,7 +44,6 @@ def convert(checkpoint: Path, out: Path) -> None:
     model.load_state_dict(tensors, strict=True, assign=True)
     model.tie_weights()
     model.save_pretrained(out)
-    emit({"converted": str(out)})
 
 
 def load(folder: Path) -> LlamaForCausalLM:
