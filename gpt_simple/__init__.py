@@ -39,6 +39,7 @@ if TYPE_CHECKING:
         generate_records,
         load_for_inference,
         run_on_ray,
+        score,
         stream,
         validate_checkpoint,
     )
@@ -51,6 +52,7 @@ _API = {
     "generate_records",
     "load_for_inference",
     "run_on_ray",
+    "score",
     "stream",
     "validate_checkpoint",
 }
@@ -70,6 +72,7 @@ __all__ = [
     "generate_records",
     "load_for_inference",
     "run_on_ray",
+    "score",
     "stream",
     "validate_checkpoint",
 ]

@@ -130,11 +130,17 @@ def generate_records(
     ignore_eos: bool = False,
     batch_size: int | None = None,
     registry: Registry | None = None,
+    logprobs: int | None = None,
+    prompt_logprobs: int | None = None,
+    logprobs_mode: str = "raw",
 ) -> list[dict[str, Any]]:
     """Like :func:`generate` but returns one output record per prompt: ``prompt``, then
     ``completion`` or ``error``, the effective ``generation`` block and ``meta``.
 
     Defaults are the trainer API's (temperature 1.0, no top-k, no top-p), not the CLI's.
+    ``logprobs``/``prompt_logprobs`` (0..20 alternatives) add each generated (prompt) token's
+    log-probability to the record, from the raw distribution unless ``logprobs_mode`` is
+    ``processed`` (docs/evaluating.md).
     ``seed`` is a run seed: each prompt's seed is derived from it and the prompt's position,
     so repeated prompts differ; the effective seed is in each record's ``generation``. Bad
     arguments raise :class:`~gpt_simple_core.errors.ConfigError` naming each one.
@@ -157,6 +163,9 @@ def generate_records(
         ignore_eos=ignore_eos,
         batch_size=batch_size,
         registry=registry,
+        logprobs=logprobs,
+        prompt_logprobs=prompt_logprobs,
+        logprobs_mode=logprobs_mode,
     )
     sink = MemorySink()
     prepared.session.generate(prepared.model, prepared.records, sink, meta=prepared.meta)
@@ -192,6 +201,9 @@ def _prepare(
     ignore_eos: bool,
     batch_size: int | None,
     registry: Registry | None,
+    logprobs: int | None = None,
+    prompt_logprobs: int | None = None,
+    logprobs_mode: str = "raw",
 ) -> _Prepared:
     """The trainer-shaped keyword arguments checked and turned into what the session runs
     (shared by :func:`generate_records` and :func:`stream`, so both check alike)."""
@@ -207,7 +219,11 @@ def _prepare(
         "stop": [stop] if isinstance(stop, str) else list(stop or []),
         "stop_token_ids": list(stop_token_ids or []),
         "ignore_eos": ignore_eos,
+        "logprobs_mode": logprobs_mode,
     }
+    for key, value in (("logprobs", logprobs), ("prompt_logprobs", prompt_logprobs)):
+        if value is not None:
+            raw_generation[key] = value
     if seed is not None:
         raw_generation["seed"] = seed
     generation = _api_block(raw_generation, "generation")
@@ -392,6 +408,38 @@ def _streamed(prepared: _Prepared, events: bool) -> Iterator[Any]:
 
 def _unexpected(count: int) -> str:
     return f"unexpected keyword {noun(count, 'argument')}"
+
+
+def score(
+    model: Any,
+    tokenizer: Any,
+    requests: Iterable[Mapping[str, str]],
+    *,
+    registry: Registry | None = None,
+) -> list[dict[str, Any]]:
+    """Score each request with a loaded model, as lm-evaluation-harness asks for it:
+    ``{"context", "continuation"}`` gets log P(continuation | context) (``score``:
+    ``logprob``, ``is_greedy``, ``tokens``), ``{"text"}`` a rolling log-likelihood
+    (``logprob``, ``tokens``, ``windows``). Returns one output record per request, in order,
+    with ``score`` or ``error``; the rules are in docs/evaluating.md. A malformed request
+    raises :class:`~gpt_simple_core.errors.ConfigError` naming every problem."""
+    from gpt_simple_core.records.parse import SCORE, RecordParser
+
+    parser = RecordParser(allow_blocks=False, kind=SCORE)
+    records, problems = [], []
+    for index, request in enumerate(requests):
+        record, found = parser.parse(dict(request), index, index + 1)
+        problems += [f"request {p.line - 1}: {p.field}: {p.message}" for p in found]
+        if record is not None:
+            records.append(record)
+    if problems:
+        raise ConfigError(_invalid(len(problems)) + "; ".join(problems))
+    session = _session(Settings(), registry)
+    loaded = session.adopt(model, tokenizer)
+    meta = {"dtype": loaded.dtype, "device": loaded.device}
+    sink = MemorySink()
+    session.generate(loaded, records, sink, meta=meta)
+    return sink.in_order()
 
 
 def _invalid(count: int) -> str:

@@ -266,6 +266,24 @@ class LoadedModel(ABC):
         core's batch size.
         """
 
+    def forward_all(self, rows: Sequence[int], tokens: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """Like :meth:`forward`, but the logits after *every* new token: one float32 array
+        ``[len(tokens[i]), vocab]`` per row (prompt log-probabilities and scoring need them).
+
+        The default feeds the tokens one at a time through :meth:`forward`: right for any
+        backend, one call per token. A backend that computes every position in one call
+        anyway (a prefill does) should override it.
+        """
+        import numpy as np
+
+        out: list[list[np.ndarray]] = [[] for _ in rows]
+        for step in range(max(len(new) for new in tokens)):
+            live = [i for i, new in enumerate(tokens) if step < len(new)]
+            logits = self.forward([rows[i] for i in live], [[tokens[i][step]] for i in live])
+            for k, i in enumerate(live):
+                out[i].append(logits[k])
+        return [np.stack(row) for row in out]
+
     @staticmethod
     def check_forward_arguments(rows: Sequence[int], tokens: Sequence[Sequence[int]]) -> None:
         """Raise ``ValueError`` unless ``forward``'s arguments keep its contract (one token list

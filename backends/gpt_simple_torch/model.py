@@ -457,9 +457,16 @@ class GPT(nn.Module):
         return self._head(x), presents
 
     @torch.inference_mode()
-    def step(self, cache: KVCache, slots: Sequence[int], tokens: Sequence[Sequence[int]]) -> Tensor:
+    def step(
+        self,
+        cache: KVCache,
+        slots: Sequence[int],
+        tokens: Sequence[Sequence[int]],
+        every_position: bool = False,
+    ) -> Tensor:
         """Append ``tokens[i]`` to the sequence in cache slot ``slots[i]``; return the logits
-        at each row's last new token, [B, vocab].
+        at each row's last new token, [B, vocab] (``every_position``: at every new token,
+        [B, T, vocab], a row's padding positions meaningless).
 
         Rows may bring different numbers of tokens: they are right-padded to the longest, each
         token gets its row's true position (cached length + offset; padding never counts), and
@@ -499,5 +506,7 @@ class GPT(nn.Module):
             x = block(x, cos, sin, (cache.k[i], cache.v[i]), step)
         for s, a, n in zip(slots, starts, counts, strict=True):
             cache.lengths[s] = a + n
+        if every_position:
+            return self._head(x)
         last = x[torch.arange(len(slots), device=device), count[:, 0] - 1]  # [B, n_embd]
         return self._head(last)

@@ -357,6 +357,19 @@ class TorchModel(LoadedModel):
             out[group] = logits.float().cpu().numpy()
         return out
 
+    def forward_all(self, rows: Sequence[int], tokens: Sequence[Sequence[int]]) -> list:
+        """The logits after every new token, in one call per row. Under ``truncate`` a row
+        past the context recomputes a window, whose positions are not the new tokens': that
+        case goes one token at a time (the protocol's default)."""
+        self.check_forward_arguments(rows, tokens)
+        if self.context_overflow == OVERFLOW_TRUNCATE:
+            return super().forward_all(rows, tokens)
+        out = []
+        for row, new in zip(rows, tokens, strict=True):
+            logits = self.module.step(self._cache, [self._slot_of(row)], [list(new)], True)
+            out.append(logits[0].float().cpu().numpy())
+        return out
+
     def _slot_of(self, row: int) -> int:
         """``row``'s cache slot; a new row takes the next slot after the live ones."""
         slot = self._slot.get(row)

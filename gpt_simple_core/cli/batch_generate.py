@@ -19,11 +19,15 @@ from gpt_simple_core.cli.options import (
 )
 from gpt_simple_core.cli.problems import report_problems
 from gpt_simple_core.engine.executor import Executor
+from gpt_simple_core.errors import ConfigError
 from gpt_simple_core.exit_codes import EXIT_INVALID, EXIT_OK
 from gpt_simple_core.jobs.shards import ShardSpec, assign, parse_shard
+from gpt_simple_core.output.openai import OpenAIOutput
 from gpt_simple_core.plan.model import plan_to_json
 from gpt_simple_core.plan.planned import Planned
 from gpt_simple_core.plan.render import render_text
+from gpt_simple_core.records.openai import ModelMap, read_openai_records
+from gpt_simple_core.records.parse import GENERATE
 from gpt_simple_core.records.seeds import seed_from_digest
 from gpt_simple_core.records.source import MAX_LINE_BYTES, STDIN, InputDigest, read_records
 from gpt_simple_core.registry import Registry
@@ -43,6 +47,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     add_input_options(parser)
     add_output_options(parser)
+    formats = parser.add_argument_group("formats (docs/openai-batch.md)")
+    formats.add_argument(
+        "--input-format",
+        choices=("ours", "openai"),
+        default="ours",
+        help="input records: ours (docs/records.md, default) or an OpenAI Batch API file of "
+        "/v1/completions requests",
+    )
+    formats.add_argument(
+        "--output-format",
+        choices=("ours", "openai"),
+        default="ours",
+        help="output lines: ours (docs/output.md, default) or the OpenAI Batch API's output "
+        "(needs --input-format openai)",
+    )
+    formats.add_argument(
+        "--model-map",
+        metavar="FILE",
+        help="with --input-format openai: a TOML or JSON file mapping request model names to "
+        "checkpoints",
+    )
     parser.add_argument(
         "--dry-run",
         action="store_true",
@@ -78,12 +103,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def plan_input(
-    source: str, session: Session, *, sharded: bool = False, max_line_bytes: int = MAX_LINE_BYTES
+    source: str,
+    session: Session,
+    *,
+    sharded: bool = False,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    kind: str = GENERATE,
+    openai: bool = False,
+    model_map: ModelMap | None = None,
 ) -> tuple[Planned, InputDigest]:
-    """Parse and plan ``source`` (a path, a FIFO or '-'). Shards of one sweep run on different
-    nodes and must agree on every derived seed: without a run seed, theirs comes from the
-    input's content."""
-    records, problems, digest = read_records(source, max_line_bytes=max_line_bytes)
+    """Parse and plan ``source`` (a path, a FIFO or '-'), records of ``kind`` (with ``openai``:
+    an OpenAI batch file whose model names ``model_map`` maps). Shards of one sweep run on
+    different nodes and must agree on every derived seed: without a run seed, theirs comes from
+    the input's content."""
+    if openai:
+        found = read_openai_records(source, model_map=model_map, max_line_bytes=max_line_bytes)
+    else:
+        found = read_records(source, max_line_bytes=max_line_bytes, kind=kind)
+    records, problems, digest = found
     if sharded and session.settings.run_seed is None:
         session = session.with_run_seed(seed_from_digest(digest.sha256))
     return session.plan(records, problems, source=digest.name), digest
@@ -105,7 +142,7 @@ def _refuse(planned: Planned) -> int:
 
 
 def _executor(args: argparse.Namespace) -> Executor | None:
-    if args.executor != "ray":
+    if getattr(args, "executor", "local") != "ray":
         return None
     from gpt_simple_core.engine.ray_executor import RayExecutor, _import_ray
 
@@ -113,13 +150,47 @@ def _executor(args: argparse.Namespace) -> Executor | None:
     return RayExecutor(args.ray_address)
 
 
+def _formats(args: argparse.Namespace) -> tuple[bool, ModelMap | None]:
+    """(whether the input is an OpenAI batch file, its model map); refuses what does not go
+    together."""
+    openai = getattr(args, "input_format", "ours") == "openai"
+    model_map = getattr(args, "model_map", None)
+    if getattr(args, "output_format", "ours") == "openai" and not openai:
+        raise ConfigError(
+            "--output-format openai needs --input-format openai: each output line is keyed by "
+            "its request's custom_id"
+        )
+    if model_map is not None and not openai:
+        raise ConfigError("--model-map goes with --input-format openai")
+    return openai, ModelMap.read(model_map) if model_map is not None else None
+
+
+def _shape_for(digest: InputDigest) -> OpenAIOutput:
+    return OpenAIOutput(digest.sha256)
+
+
 def run(args: argparse.Namespace, registry: Registry) -> int:
+    return run_sweep(args, registry, kind=GENERATE)
+
+
+def run_sweep(args: argparse.Namespace, registry: Registry, *, kind: str) -> int:
+    """A sweep of ``kind`` records (generate, or score for ``gpt-simple score``) from
+    ``--input``: a dry-run, or a run into ``--output``."""
     settings = with_default_model(effective_settings(args))
-    shard = parse_shard(args.shard) if args.shard else None
+    shard = parse_shard(args.shard) if getattr(args, "shard", None) else None
+    openai, model_map = _formats(args)
 
     def plan(session: Session) -> tuple[Planned, InputDigest]:
         sharded, limit = shard is not None, args.max_line_bytes
-        return plan_input(args.input, session, sharded=sharded, max_line_bytes=limit)
+        return plan_input(
+            args.input,
+            session,
+            sharded=sharded,
+            max_line_bytes=limit,
+            kind=kind,
+            openai=openai,
+            model_map=model_map,
+        )
 
     input_path = None if args.input == STDIN else Path(args.input)
     if args.dry_run:
@@ -138,4 +209,5 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
         on_problems=_refuse,
         shard=shard,
         executor=_executor(args),
+        shape_for=_shape_for if getattr(args, "output_format", "ours") == "openai" else None,
     )

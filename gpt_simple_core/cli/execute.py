@@ -33,6 +33,7 @@ from gpt_simple_core.exit_codes import (
 )
 from gpt_simple_core.jobs.output import OutputJob, OutputMode
 from gpt_simple_core.jobs.shards import ShardSpec, assign, shard_plan
+from gpt_simple_core.output.openai import OpenAIOutput
 from gpt_simple_core.output.spool import Spool, clean_stale_spools
 from gpt_simple_core.output.writer import OrderedWriter
 from gpt_simple_core.plan.planned import Planned
@@ -149,10 +150,11 @@ def run_command(
     on_problems: Callable[[Planned], int],
     shard: ShardSpec | None = None,
     executor: Executor | None = None,
+    shape_for: Callable[[InputDigest], OpenAIOutput] | None = None,
 ) -> int:
     """The run of ``generate`` and ``batch-generate``: the output job (locks, refusals and
     the previous run seed, before planning), the plan (and this shard's part of it), then the
-    run; the exit status."""
+    run; the exit status. ``shape_for``: the output shape of another format, for this input."""
     output = output_path(args)
     if shard is not None and output is None:
         raise ConfigError("--shard needs --output FILE: merge reads each shard's manifest")
@@ -164,12 +166,13 @@ def run_command(
             planned, digest = plan(session)
         if not planned.plan.ok:
             return on_problems(planned)
+        shape = shape_for(digest) if shape_for else None
         if job is None:
-            result = _run_to_stdout(session, planned, stop, executor)
+            result = _run_to_stdout(session, planned, stop, executor, shape)
         elif shard is None:
-            result = job.run(session, planned, digest, stop=stop, executor=executor)
+            result = job.run(session, planned, digest, stop=stop, executor=executor, shape=shape)
         else:
-            result = _run_shard(job, session, planned, digest, shard, stop, executor)
+            result = _run_shard(job, session, planned, digest, shard, stop, executor, shape)
     return exit_status(result)
 
 
@@ -181,6 +184,7 @@ def _run_shard(
     shard: ShardSpec,
     stop: Stop,
     executor: Executor | None,
+    shape: OpenAIOutput | None = None,
 ) -> RunResult:
     assignment = assign(planned, shard.count)
     indexes = assignment.indexes(shard.index)
@@ -199,14 +203,21 @@ def _run_shard(
         order=indexes,
         order_info=info,
         executor=executor,
+        shape=shape,
     )
 
 
 def _run_to_stdout(
-    session: Session, planned: Planned, stop: Stop, executor: Executor | None
+    session: Session,
+    planned: Planned,
+    stop: Stop,
+    executor: Executor | None,
+    shape: OpenAIOutput | None = None,
 ) -> RunResult:
     clean_stale_spools()
-    writer = OrderedWriter(sys.stdout, range(planned.plan.records), Spool.private(), name="stdout")
+    order, spool = range(planned.plan.records), Spool.private()
+    line = shape.line if shape else None
+    writer = OrderedWriter(sys.stdout, order, spool, name="stdout", shape=line)
     try:
         return session.run(planned, writer, stop=stop, executor=executor)
     finally:

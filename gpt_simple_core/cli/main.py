@@ -13,7 +13,15 @@ import traceback
 from collections.abc import Sequence
 
 from gpt_simple_core import __version__, logs
-from gpt_simple_core.cli import backends_cmd, batch_generate, export, generate, merge, validate
+from gpt_simple_core.cli import (
+    backends_cmd,
+    batch_generate,
+    export,
+    generate,
+    merge,
+    score,
+    validate,
+)
 from gpt_simple_core.cli.execute import STOPPED_STATUS
 from gpt_simple_core.engine.stop import StopRequested
 from gpt_simple_core.errors import GptSimpleError
@@ -39,7 +47,7 @@ exit status:
        --max-runtime: finished records are kept; run again with --resume (docs/cli.md)
 """
 
-COMMANDS = (generate, batch_generate, merge, validate, backends_cmd, export)
+COMMANDS = (generate, batch_generate, score, merge, validate, backends_cmd, export)
 
 
 def add_log_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:

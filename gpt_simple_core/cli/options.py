@@ -30,6 +30,9 @@ GENERATION_FLAGS = {
     "stop": "--stop",
     "stop_token_ids": "--stop-token-id",
     "ignore_eos": "--ignore-eos",
+    "logprobs": "--logprobs",
+    "prompt_logprobs": "--prompt-logprobs",
+    "logprobs_mode": "--logprobs-mode",
 }
 #: HipGPT's ``generate`` flag -> ours, accepted by ``gpt-simple generate`` (docs/hipgpt.md):
 #: a HipGPT user's command line keeps working. Only spellings that mean nothing else here.
@@ -163,6 +166,20 @@ def add_sampling_options(parser: argparse.ArgumentParser, *, hipgpt: bool = Fals
         action="store_true",
         default=None,
         help="completion includes the prompt",
+    )
+    group.add_argument(
+        "--logprobs",
+        type=int,
+        metavar="K",
+        help="each generated token's logprob and its top K alternatives (0..20)",
+    )
+    group.add_argument(
+        "--prompt-logprobs", type=int, metavar="K", help="the same for the prompt's tokens"
+    )
+    group.add_argument(
+        "--logprobs-mode",
+        choices=("raw", "processed"),
+        help="raw: the model's distribution (default); processed: the one sampling draws from",
     )
 
 

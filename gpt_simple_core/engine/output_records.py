@@ -10,6 +10,7 @@ from gpt_simple_core.checkpoints.info import CheckpointInfo
 from gpt_simple_core.engine.token_sequence import TokenSequence
 from gpt_simple_core.plan.planned import PlannedRecord
 from gpt_simple_core.protocol import LoadedModel
+from gpt_simple_core.records.parse import GENERATE
 
 
 def error_entry(exc: BaseException) -> dict[str, str]:
@@ -22,16 +23,23 @@ def output_record(
     *,
     completion: str | None = None,
     error: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    generation = planned.params.to_json()
+    """``extra``: keys written after the completion (``logprobs``, ``prompt_logprobs``), or in
+    its place for a score record (``score``), which has no ``generation`` block either."""
+    generating = planned.record.task == GENERATE
+    generation = planned.params.to_json() if generating else None
     out: dict[str, Any] = {}
     for key, value in planned.record.raw.items():
-        out[key] = generation if key == "generation" else value
+        out[key] = generation if key == "generation" and generating else value
     if error is not None:
         out["error"] = dict(error)
     else:
-        out["completion"] = completion
-    out.setdefault("generation", generation)
+        if generating:
+            out["completion"] = completion
+        out.update(extra or {})
+    if generating:
+        out.setdefault("generation", generation)
     out["meta"] = dict(meta)
     return out
 

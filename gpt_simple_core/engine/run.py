@@ -22,6 +22,7 @@ from gpt_simple_core.engine.output_records import (
 )
 from gpt_simple_core.engine.result import RunResult
 from gpt_simple_core.engine.scheduler import GroupScheduler
+from gpt_simple_core.engine.scoring import Scorer
 from gpt_simple_core.engine.stop import Stop, StopRequested
 from gpt_simple_core.engine.token_sequence import TokenSequence
 from gpt_simple_core.errors import BackendError
@@ -29,6 +30,7 @@ from gpt_simple_core.output.progress import Progress
 from gpt_simple_core.output.sinks import Sink
 from gpt_simple_core.plan.planned import PlannedRecord
 from gpt_simple_core.protocol import LoadedModel
+from gpt_simple_core.records.parse import GENERATE
 from gpt_simple_core.settings import RunOptions
 
 log = structlog.get_logger(__name__)
@@ -110,11 +112,18 @@ class Engine:
     def decode(
         self, model: LoadedModel, records: Iterable[PlannedRecord], shared: Mapping[str, Any]
     ) -> None:
-        """Generate ``records`` with ``model``; ``shared`` is the ``meta`` they all carry."""
+        """Generate (or score) ``records`` with ``model``; ``shared`` is the ``meta`` they
+        all carry."""
+        records = list(records)
+        if records and records[0].record.task != GENERATE:
+            self.score(model, records, shared)
+            return
 
         def done(seq: TokenSequence) -> None:
             meta = sequence_meta(shared, seq, model)
-            self.emit(seq.planned, output_record(seq.planned, meta, completion=seq.text()), False)
+            extra = seq.logprob_fields()
+            record = output_record(seq.planned, meta, completion=seq.text(), extra=extra)
+            self.emit(seq.planned, record, False)
 
         def failed(planned: PlannedRecord, exc: BaseException) -> None:
             log.warning("record failed", line=planned.record.line, error=str(exc))
@@ -130,3 +139,18 @@ class Engine:
             before_step=self.stop.check,
             on_token=getattr(self.sink, "on_token", None),  # a TokenSink streams
         ).run(records)
+
+    def score(
+        self, model: LoadedModel, records: list[PlannedRecord], shared: Mapping[str, Any]
+    ) -> None:
+        """Score ``records`` (``gpt-simple score``) with ``model``."""
+
+        def done(planned: PlannedRecord, score: dict[str, Any]) -> None:
+            self.progress.add_tokens(score["tokens"])
+            self.emit(planned, output_record(planned, shared, extra={"score": score}), False)
+
+        def failed(planned: PlannedRecord, exc: BaseException) -> None:
+            log.warning("record failed", line=planned.record.line, error=str(exc))
+            self.emit(planned, output_record(planned, shared, error=error_entry(exc)), True)
+
+        Scorer(model, on_done=done, on_error=failed, before_step=self.stop.check).run(records)

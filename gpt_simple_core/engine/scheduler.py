@@ -34,6 +34,7 @@ from gpt_simple_core.engine.capacity import (
     row_limit,
     too_long,
 )
+from gpt_simple_core.engine.logprobs import PROCESSED, entry, processed_logprobs, raw_logprobs
 from gpt_simple_core.engine.sampler import forbidden_mask, next_tokens
 from gpt_simple_core.engine.token_sequence import OnToken, TokenSequence
 from gpt_simple_core.errors import GenerationError
@@ -213,6 +214,10 @@ class GroupScheduler:
         if not slots:
             return
         seqs = [self.active[slot] for slot in slots]
+        # raw rows of the records asking for logprobs, before the sampler masks them in place
+        asking = {
+            i: logits[i].copy() for i, seq in enumerate(seqs) if seq.params.logprobs is not None
+        }
         tokens = next_tokens(
             logits,
             [seq.params for seq in seqs],
@@ -221,10 +226,12 @@ class GroupScheduler:
             [seq.rng for seq in seqs],
         )
         produced = 0
-        for slot, seq, token in zip(slots, seqs, tokens, strict=True):
+        for i, (slot, seq, token) in enumerate(zip(slots, seqs, tokens, strict=True)):
             try:
                 if isinstance(token, Exception):
                     raise token
+                if i in asking:
+                    seq.token_logprobs.append(self._logprob_entry(seq, asking[i], token))
                 seq.add(token)
             except Exception as exc:
                 self._fail(slot, exc)
@@ -244,6 +251,9 @@ class GroupScheduler:
         call: list[int] = []
         budget = 0
         for slot, tokens in feed.items():
+            if self.active[slot].needs_prompt_logprobs:
+                self._call_all(slot, tokens, parts)
+                continue
             if len(tokens) > self.call_tokens:
                 self._call_alone(slot, tokens, parts)
                 continue
@@ -286,6 +296,39 @@ class GroupScheduler:
             self._fail(slot, exc)
             return
         parts.append(([slot], _owned_float32(logits)))
+
+    def _call_all(self, slot: int, tokens: list[int], parts: list[Logits]) -> None:
+        """Prefill a row that asked for ``prompt_logprobs``: the logits after every token
+        (:meth:`LoadedModel.forward_all`, in chunks), each turned into the next prompt token's
+        entry as it comes (a long prompt's [tokens, vocab] logits are never held at once)."""
+        seq = self.active[slot]
+        top, tokenizer = seq.params.prompt_logprobs or 0, self.model.tokenizer
+        skipped = len(seq.prompt_ids) - len(tokens)  # cut to the context by truncate
+        entries: list[dict | None] = [None] * (skipped + 1)
+        chunk_size = self.call_tokens if self.model.prefill_in_chunks else max(len(tokens), 1)
+        try:
+            for start in range(0, len(tokens), chunk_size):
+                chunk = tokens[start : start + chunk_size]
+                (logits,) = self.model.forward_all([slot], [chunk])
+                for row in range(len(chunk)):
+                    following = start + row + 1
+                    if following < len(tokens):
+                        raw = raw_logprobs(logits[row], len(tokenizer))
+                        entries.append(entry(tokens[following], raw, top, tokenizer))
+        except Exception as exc:
+            self._fail(slot, exc)
+            return
+        seq.prompt_logprobs = entries
+        parts.append(([slot], _owned_float32(logits[-1:])))
+
+    def _logprob_entry(self, seq: TokenSequence, raw_row: np.ndarray, token: int) -> dict:
+        """The sampled ``token``'s entry in the distribution ``logprobs_mode`` names."""
+        if seq.params.logprobs_mode == PROCESSED:
+            forbidden = self._forbidden_for(raw_row.shape[-1])
+            values = processed_logprobs(raw_row, seq.params, seq.seen, forbidden)
+        else:
+            values = raw_logprobs(raw_row, len(self.model.tokenizer))
+        return entry(token, values, seq.params.logprobs or 0, self.model.tokenizer)
 
     # Bookkeeping ---------------------------------------------------------------------------
     def _forbidden_for(self, vocab: int) -> np.ndarray:

@@ -147,6 +147,10 @@ class TokenSequence:
             StopStrings(tokenizer, self.params.stop, self._text) if self.params.stop else None
         )
         self._shown = 0  # characters of the streamed text handed out so far
+        #: one entry per sampled token when ``logprobs`` is asked (:mod:`..logprobs`)
+        self.token_logprobs: list[dict] | None = [] if self.params.logprobs is not None else None
+        #: filled at prefill when ``prompt_logprobs`` is asked
+        self.prompt_logprobs: list[dict | None] | None = None
         self._stream_prefix = planned.record.prompt if self.params.return_full_text else ""
 
     @property
@@ -193,6 +197,19 @@ class TokenSequence:
     def _finish(self, reason: str, text: str | None = None) -> None:
         self.finish_reason = reason
         self.completion = text if text is not None else self.tokenizer.decode(self.generated)
+
+    @property
+    def needs_prompt_logprobs(self) -> bool:
+        return self.params.prompt_logprobs is not None and self.prompt_logprobs is None
+
+    def logprob_fields(self) -> dict[str, list]:
+        """The output keys the record asked for: ``logprobs``, ``prompt_logprobs``."""
+        fields: dict[str, list] = {}
+        if self.token_logprobs is not None:
+            fields["logprobs"] = self.token_logprobs
+        if self.prompt_logprobs is not None:
+            fields["prompt_logprobs"] = self.prompt_logprobs
+        return fields
 
     def text(self) -> str:
         """The completion as output: with the prompt in front when ``return_full_text``."""

@@ -44,6 +44,7 @@ from gpt_simple_core.jobs.manifest import (
     write_manifest,
 )
 from gpt_simple_core.jobs.recovery import Recovered, expected_records, recover
+from gpt_simple_core.output.openai import OpenAIOutput
 from gpt_simple_core.output.spool import SPOOL_FILE, Spool
 from gpt_simple_core.output.writer import OrderedWriter
 from gpt_simple_core.plan.planned import Planned
@@ -211,8 +212,10 @@ class OutputJob:
         order: Sequence[int] | None = None,
         order_info: dict | None = None,
         executor: Executor | None = None,
+        shape: OpenAIOutput | None = None,
     ) -> RunResult:
-        """Run what is left of ``planned`` into the output; returns what this run did."""
+        """Run what is left of ``planned`` into the output; returns what this run did.
+        ``shape``: the lines are another format's (``--output-format openai``)."""
         order = list(range(planned.plan.records)) if order is None else list(order)
         manifest = build_manifest(
             digest=digest,
@@ -223,7 +226,7 @@ class OutputJob:
             order=order_info or {"all": planned.plan.records},
             records=len(order),
         )
-        recovered = self._recover(manifest, planned, order)
+        recovered = self._recover(manifest, planned, order, shape)
         if "shard" in manifest.order:
             write_indexes(self.sidecar / INDEXES_FILE, order)
         done = recovered.done(order) if recovered else set()
@@ -236,7 +239,14 @@ class OutputJob:
             else:
                 spool = Spool(self.spool_path)
             written = recovered.written if recovered else 0
-            writer = OrderedWriter(stream, order, spool, written=written, name=str(self.output))
+            writer = OrderedWriter(
+                stream,
+                order,
+                spool,
+                written=written,
+                name=str(self.output),
+                shape=shape.line if shape else None,
+            )
             failed = recovered.failed if recovered else 0  # kept records with an error
             self._note(manifest.with_progress(RUNNING, writer.position, writer.pending, failed))
             try:
@@ -256,7 +266,13 @@ class OutputJob:
         except OSError as exc:
             log.warning("cannot update the manifest", path=str(self.manifest_path), error=str(exc))
 
-    def _recover(self, manifest: Manifest, planned: Planned, order: list[int]) -> Recovered | None:
+    def _recover(
+        self,
+        manifest: Manifest,
+        planned: Planned,
+        order: list[int],
+        shape: OpenAIOutput | None = None,
+    ) -> Recovered | None:
         """On resume: check the job is the same one, then what the output holds."""
         previous = self.previous
         if previous is None:
@@ -279,6 +295,7 @@ class OutputJob:
             expected_records(planned.groups),
             stale=stale,
             retry_errors=self.mode.retry_errors,
+            shape=shape,
         )
         log.info(
             "resuming",

@@ -107,13 +107,20 @@ def recover(
     *,
     stale: Container[tuple[str, str]] = (),
     retry_errors: bool = False,
+    shape: Any = None,
 ) -> Recovered:
     """Check ``output`` and ``spool`` against the plan; cut the output back to its valid
-    prefix and rewrite the spool with every other valid record. Returns what was kept."""
+    prefix and rewrite the spool with every other valid record. Returns what was kept.
+    ``shape``: the output shape of another format (``matches`` and ``failed`` as here, e.g.
+    :class:`~gpt_simple_core.output.openai.OpenAIOutput`)."""
+    check = matches if shape is None else shape.matches
 
     def ok(index: int, obj: Any) -> bool:
         entry = expected.get(index)
-        return entry is not None and matches(obj, *entry, stale=stale, retry_errors=retry_errors)
+        return entry is not None and check(obj, *entry, stale=stale, retry_errors=retry_errors)
+
+    def failed_line(obj: Any) -> bool:
+        return "error" in obj if shape is None else shape.failed(obj)
 
     keep_bytes, written, dropped, failed = 0, 0, 0, 0
     kept: dict[int, Any] = {}  # index -> record, valid but past the cut
@@ -125,7 +132,7 @@ def recover(
             valid = index is not None and obj is not _MISSING and ok(index, obj)
             if not cut and valid:
                 keep_bytes, written = offset + len(line), written + 1
-                failed += "error" in obj
+                failed += failed_line(obj)
                 continue
             cut = True
             if valid and index is not None:
@@ -140,7 +147,7 @@ def recover(
     spooled = _rewrite_spool(spool, kept)
     with output.open("ab") as stream:  # creates an empty output when there was none
         stream.truncate(keep_bytes)
-    failed += sum("error" in record for record in kept.values())
+    failed += sum(failed_line(record) for record in kept.values())
     return Recovered(keep_bytes, written, spooled, dropped, failed)
 
 

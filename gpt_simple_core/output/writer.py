@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 from gpt_simple_core.output.spool import OutputFailed, Spool, dumps
@@ -35,7 +35,9 @@ def _is_regular_file(stream: IO[str]) -> bool:
 class OrderedWriter:
     """Writes the records of ``order`` (input positions, ascending) in that order, whatever
     order they arrive in. ``written`` records of ``order`` are already in the stream (a resumed
-    run); the spool may already hold some of the rest."""
+    run); the spool may already hold some of the rest. ``shape`` turns each record into the
+    line written (``--output-format openai``), before it is spooled, so output and spool hold
+    the same shape."""
 
     def __init__(
         self,
@@ -45,8 +47,10 @@ class OrderedWriter:
         *,
         written: int = 0,
         name: str = "the output",
+        shape: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
         self.stream = stream
+        self.shape = shape
         self.order = order
         self.spool = spool
         self.position = written  # records of `order` in the output
@@ -71,6 +75,8 @@ class OrderedWriter:
         return len(self.spool)
 
     def put(self, index: int, record: dict[str, Any]) -> None:
+        if self.shape is not None:
+            record = self.shape(record)
         if index != self.next_index:
             self.spool.add(index, record)
             return

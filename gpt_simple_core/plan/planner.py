@@ -21,7 +21,7 @@ from gpt_simple_core.plan.bounds import bounded_threads, fit_warnings
 from gpt_simple_core.plan.model import Plan, PlanGroup, PlanProblem
 from gpt_simple_core.plan.planned import Planned, PlannedGroup, PlannedRecord
 from gpt_simple_core.protocol import AUTO, OVERFLOW_WINDOW, LoadRequest
-from gpt_simple_core.records.parse import Record, bulk_allocation
+from gpt_simple_core.records.parse import GENERATE, Record, bulk_allocation
 from gpt_simple_core.records.problems import Problem
 from gpt_simple_core.records.schema import (
     BUILTIN_GENERATION,
@@ -310,6 +310,8 @@ def _context_warnings(group: PlannedGroup) -> list[str]:
     context = group.info.context_length
     if not context or group.backend.context_overflow == (OVERFLOW_WINDOW,):
         return []
+    if group.records and group.records[0].record.task != GENERATE:
+        return []  # scoring windows long text itself (engine/scoring.py), and generates nothing
     longest = group.info.details.get("max_token_bytes") or 1
     will = may = 0
     for planned in group.records:

@@ -16,7 +16,13 @@ from gpt_simple_core.records.problems import Problem
 from gpt_simple_core.records.schema import MAX_SEED, GenerationSpec, ModelSpec
 from gpt_simple_core.strict_json import DECODER, DuplicateKey
 
-KNOWN_TOP_LEVEL = ("prompt", "model", "generation")
+KNOWN_TOP_LEVEL = ("prompt", "model", "generation", "context", "continuation", "text")
+#: What a record asks for: text generated from its prompt, or a score of given text.
+GENERATE = "generate"
+LOGLIKELIHOOD = "loglikelihood"  # {"context", "continuation"}: log P(continuation | context)
+ROLLING = "loglikelihood_rolling"  # {"text"}: log P(text), over windows of the context
+SCORE = "score"  # the parser's mode that reads either of the two above
+SCORING = GenerationSpec(max_new_tokens=1, greedy=True)
 RESERVED = ("completion", "error", "meta")  # output keys: an input carrying them is a mistake
 TYPO_MIN_LENGTH = 5
 TYPO_MAX_DISTANCE = 2
@@ -33,6 +39,9 @@ class Record:
     model: ModelSpec | None = None
     generation: GenerationSpec | None = None  # without the seed, so sweeps share one object
     seed: int | None = None  # the record's own generation.seed
+    task: str = GENERATE
+    #: LOGLIKELIHOOD: the text scored after ``prompt`` (the context); ROLLING: ``prompt`` is it
+    continuation: str | None = None
 
 
 def edit_distance(a: str, b: str) -> int:
@@ -124,8 +133,9 @@ class RecordParser:
     """Turns JSON objects into :class:`Record` s. ``allow_blocks=False`` is ``generate``'s mode,
     where ``model``/``generation`` belong on the command line."""
 
-    def __init__(self, *, allow_blocks: bool = True) -> None:
+    def __init__(self, *, allow_blocks: bool = True, kind: str = GENERATE) -> None:
         self.allow_blocks = allow_blocks
+        self.kind = kind
         self._cache = _BlockCache()
         self._clean_keys: set[tuple[str, ...]] = set()  # top-level key sets without problems
 
@@ -134,12 +144,17 @@ class RecordParser:
             kind = type(obj).__name__ if obj is not None else "null"
             return None, [Problem(line, "", f"each line must be a JSON object, got {kind}")]
         problems = self._top_level_problems(obj, line)
-        prompt = obj.get("prompt")
-        if "prompt" not in obj:
-            problems.append(Problem(line, "prompt", "is required"))
-        elif not isinstance(prompt, str):
-            problems.append(Problem(line, "prompt", "must be a string"))
-        model = generation = seed = None
+        if self.kind == SCORE:
+            task, prompt, continuation = self._scored_text(obj, line, problems)
+            generation = SCORING  # generates nothing: the plan's token budget counts 1 a record
+        else:
+            task, continuation, generation = GENERATE, None, None
+            prompt = obj.get("prompt")
+            if "prompt" not in obj:
+                problems.append(Problem(line, "prompt", "is required"))
+            elif not isinstance(prompt, str):
+                problems.append(Problem(line, "prompt", "must be a string"))
+        model = seed = None
         if self.allow_blocks:
             if "model" in obj:
                 model, found = self._cache.lookup(
@@ -154,7 +169,32 @@ class RecordParser:
                 problems += found
         if problems:
             return None, problems
-        return Record(index, line, prompt, obj, model, generation, seed), []
+        return Record(index, line, prompt, obj, model, generation, seed, task, continuation), []
+
+    @staticmethod
+    def _scored_text(
+        obj: dict[str, Any], line: int, problems: list[Problem]
+    ) -> tuple[str, Any, str | None]:
+        """(task, context or text, continuation) of a ``score`` record, problems appended."""
+        for key in ("prompt", "generation"):
+            if key in obj:
+                problems.append(
+                    Problem(line, key, 'a score record has "context" and "continuation", or "text"')
+                )
+        if "text" in obj:
+            if "context" in obj or "continuation" in obj:
+                problems.append(Problem(line, "text", 'give "text", or "context" + "continuation"'))
+            if not isinstance(obj["text"], str) or not obj["text"]:
+                problems.append(Problem(line, "text", "must be a non-empty string"))
+            return ROLLING, obj["text"], None
+        for key in ("context", "continuation"):
+            if key not in obj:
+                problems.append(Problem(line, key, 'is required (or "text" for a rolling score)'))
+            elif not isinstance(obj[key], str):
+                problems.append(Problem(line, key, "must be a string"))
+        if isinstance(obj.get("continuation"), str) and not obj["continuation"]:
+            problems.append(Problem(line, "continuation", "must not be empty"))
+        return LOGLIKELIHOOD, obj.get("context"), obj.get("continuation")
 
     def _generation(
         self, raw: Any, line: int
@@ -319,10 +359,11 @@ def bulk_allocation() -> Iterator[None]:
 
 
 def parse_lines(
-    lines: Iterable[str | bytes], *, allow_blocks: bool = True
+    lines: Iterable[str | bytes], *, allow_blocks: bool = True, kind: str = GENERATE
 ) -> tuple[list[Record], list[Problem]]:
-    """Every record of a JSONL stream and every problem in it."""
-    parser = RecordParser(allow_blocks=allow_blocks)
+    """Every record of a JSONL stream and every problem in it (``kind``: GENERATE records,
+    or SCORE records for ``gpt-simple score``)."""
+    parser = RecordParser(allow_blocks=allow_blocks, kind=kind)
     records: list[Record] = []
     problems: list[Problem] = []
     with bulk_allocation():

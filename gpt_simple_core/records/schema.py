@@ -15,6 +15,13 @@ import attrs
 from gpt_simple_core.protocol import normalize_dtype
 
 MAX_SEED = 2**64 - 1
+#: The most alternatives ``logprobs`` / ``prompt_logprobs`` may ask for (as vLLM and OpenAI).
+MAX_LOGPROBS = 20
+#: ``logprobs_mode``: the model's raw distribution, or the one sampling draws from.
+LOGPROBS_MODES = ("raw", "processed")
+#: Output keys of the generation block echoed only when they differ from these defaults, so
+#: records that do not ask for logprobs are written exactly as before.
+QUIET_DEFAULTS = {"logprobs": None, "prompt_logprobs": None, "logprobs_mode": "raw"}
 #: The smallest temperature: logits divided by less overflow float32 (and sampling that cold is
 #: greedy decoding in all but name).
 MIN_TEMPERATURE = 1e-6
@@ -132,6 +139,25 @@ class GenerationSpec:
     stop: tuple[str, ...] | None = attrs.field(default=None, validator=_nonempty_strings)
     stop_token_ids: tuple[int, ...] | None = attrs.field(default=None, validator=_token_ids)
     ignore_eos: bool | None = None
+    logprobs: int | None = attrs.field(
+        default=None,
+        validator=_check(
+            lambda v: 0 <= v <= MAX_LOGPROBS, f"must be in 0..{MAX_LOGPROBS}, got {{value}}"
+        ),
+    )
+    prompt_logprobs: int | None = attrs.field(
+        default=None,
+        validator=_check(
+            lambda v: 0 <= v <= MAX_LOGPROBS, f"must be in 0..{MAX_LOGPROBS}, got {{value}}"
+        ),
+    )
+    logprobs_mode: str | None = attrs.field(
+        default=None,
+        validator=_check(
+            lambda v: v in LOGPROBS_MODES,
+            f"must be one of {', '.join(LOGPROBS_MODES)}, got {{value!r}}",
+        ),
+    )
     dtype: str | None = attrs.field(default=None, converter=_dtype_converter, validator=_dtype)
 
     def contradictions(self) -> list[tuple[str, str]]:
@@ -169,6 +195,11 @@ class GenerationParams:
     stop: tuple[str, ...]
     stop_token_ids: tuple[int, ...]
     ignore_eos: bool
+    #: Per generated token: its logprob and the top ``logprobs`` alternatives (None: not asked).
+    logprobs: int | None = None
+    #: The same for every prompt token after the first (None: not asked).
+    prompt_logprobs: int | None = None
+    logprobs_mode: str = "raw"
 
     def to_fields(self) -> dict[str, Any]:
         """Every field by name (``GenerationParams(**fields)`` makes an equal instance)."""
@@ -179,6 +210,9 @@ class GenerationParams:
         out = attrs.asdict(self)
         out["stop"] = list(self.stop)
         out["stop_token_ids"] = list(self.stop_token_ids)
+        for key, default in QUIET_DEFAULTS.items():
+            if out[key] == default:
+                del out[key]
         return out
 
 
@@ -195,6 +229,7 @@ BUILTIN_GENERATION = GenerationSpec(
     stop=(),
     stop_token_ids=(),
     ignore_eos=False,
+    logprobs_mode="raw",
 )
 
 Block = TypeVar("Block", ModelSpec, GenerationSpec)

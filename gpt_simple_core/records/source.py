@@ -12,14 +12,14 @@ import hashlib
 import os
 import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
 import attrs
 
 from gpt_simple_core.errors import ConfigError
-from gpt_simple_core.records.parse import Record, parse_lines
+from gpt_simple_core.records.parse import GENERATE, Record, parse_lines
 from gpt_simple_core.records.problems import Problem
 
 #: The longest input line read, in bytes (``--max-line-bytes``): far above any real prompt.
@@ -98,28 +98,47 @@ class _HashingLines:
         self.digest.sha256 = self.hash.hexdigest()
 
 
+#: Turns the lines of an input (bytes, numbered from 1) into records and problems.
+LineParser = Callable[[Iterable[bytes]], tuple[list[Record], list[Problem]]]
+
+
 def read_records(
-    source: str, *, allow_blocks: bool = True, max_line_bytes: int = MAX_LINE_BYTES
+    source: str,
+    *,
+    allow_blocks: bool = True,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    kind: str = GENERATE,
 ) -> tuple[list[Record], list[Problem], InputDigest]:
     """Parse the JSONL records of ``source`` (a path, a FIFO, ``/dev/fd/N``, or ``-`` for
     stdin); every structural problem is returned, none raised."""
+    return read_source(
+        source,
+        max_line_bytes,
+        lambda lines: parse_lines(lines, allow_blocks=allow_blocks, kind=kind),
+    )
+
+
+def read_source(
+    source: str, max_line_bytes: int, parse: LineParser
+) -> tuple[list[Record], list[Problem], InputDigest]:
+    """``parse`` over the lines of ``source`` (a path, a FIFO, ``/dev/fd/N``, or ``-``),
+    streamed and hashed, each line at most ``max_line_bytes`` (a longer one is a problem and
+    reading stops there)."""
     if source == STDIN:
-        digest = InputDigest("<stdin>", None)
-        return _read(sys.stdin.buffer, digest, allow_blocks, max_line_bytes)
+        return _read(sys.stdin.buffer, InputDigest("<stdin>", None), max_line_bytes, parse)
     path = _check_readable(source)
-    digest = InputDigest(source, path)
     try:
         with path.open("rb") as stream:
-            return _read(stream, digest, allow_blocks, max_line_bytes)
+            return _read(stream, InputDigest(source, path), max_line_bytes, parse)
     except OSError as exc:
         raise ConfigError(f"input file {source}: {exc.strerror or exc}") from None
 
 
 def _read(
-    stream: IO[bytes], digest: InputDigest, allow_blocks: bool, limit: int
+    stream: IO[bytes], digest: InputDigest, limit: int, parse: LineParser
 ) -> tuple[list[Record], list[Problem], InputDigest]:
     lines = _HashingLines(stream, digest, limit)
-    records, problems = parse_lines(lines, allow_blocks=allow_blocks)
+    records, problems = parse(lines)
     if lines.too_long is not None:
         message = (
             f"line is longer than {limit} bytes (the limit, --max-line-bytes); reading stopped here"

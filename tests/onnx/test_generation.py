@@ -127,3 +127,25 @@ def test_engine_text_matches_torch(
             notes = compare({"onnx": greedy(ours, prompts, STEPS)[0]}, expected, margins, NEAR_TIE)
         assert len(notes) == len(differing)
     assert [r["meta"]["completion_tokens"] for r in got] == [STEPS] * len(TEXTS)
+
+
+def test_logprobs_and_scores_match_torch(models: tuple[LoadedModel, LoadedModel]) -> None:
+    """Logprobs of the same tokens, prompt logprobs (ONNX through the protocol's default
+    ``forward_all``, token by token) and scores agree with the PyTorch backend within 1e-4."""
+    from gpt_simple_core.api import score
+
+    ours, reference = models
+    options = {"max_new_tokens": 6, "do_sample": False, "ignore_eos": True}
+    options.update(logprobs=3, prompt_logprobs=2, batch_size=4)
+    theirs = generate_records(reference, reference.tokenizer, TEXTS[:6], **options)
+    got = generate_records(ours, ours.tokenizer, TEXTS[:6], **options)
+    for a, b in zip(theirs, got, strict=True):
+        if a["completion"] != b["completion"]:
+            continue  # a near-tie (test_engine_text_matches_torch says which are allowed)
+        for x, y in zip(a["logprobs"] + a["prompt_logprobs"][1:],
+                        b["logprobs"] + b["prompt_logprobs"][1:], strict=True):  # fmt: skip
+            assert x["token"] == y["token"] and abs(x["logprob"] - y["logprob"]) <= 1e-4
+    requests = [{"context": TEXTS[0], "continuation": TEXTS[1]}, {"text": TEXTS[9]}]
+    for a, b in zip(score(reference, reference.tokenizer, requests),
+                    score(ours, ours.tokenizer, requests), strict=True):  # fmt: skip
+        assert abs(a["score"]["logprob"] - b["score"]["logprob"]) <= 1e-4
