@@ -133,6 +133,7 @@ def generate_records(
     logprobs: int | None = None,
     prompt_logprobs: int | None = None,
     logprobs_mode: str = "raw",
+    n: int = 1,
 ) -> list[dict[str, Any]]:
     """Like :func:`generate` but returns one output record per prompt: ``prompt``, then
     ``completion`` or ``error``, the effective ``generation`` block and ``meta``.
@@ -140,7 +141,8 @@ def generate_records(
     Defaults are the trainer API's (temperature 1.0, no top-k, no top-p), not the CLI's.
     ``logprobs``/``prompt_logprobs`` (0..20 alternatives) add each generated (prompt) token's
     log-probability to the record, from the raw distribution unless ``logprobs_mode`` is
-    ``processed`` (docs/evaluating.md).
+    ``processed`` (docs/evaluating.md). ``n`` > 1 samples each prompt ``n`` times, each with
+    its own seed: the record then also has ``completions``.
     ``seed`` is a run seed: each prompt's seed is derived from it and the prompt's position,
     so repeated prompts differ; the effective seed is in each record's ``generation``. Bad
     arguments raise :class:`~gpt_simple_core.errors.ConfigError` naming each one.
@@ -166,6 +168,7 @@ def generate_records(
         logprobs=logprobs,
         prompt_logprobs=prompt_logprobs,
         logprobs_mode=logprobs_mode,
+        n=n,
     )
     sink = MemorySink()
     prepared.session.generate(prepared.model, prepared.records, sink, meta=prepared.meta)
@@ -204,6 +207,7 @@ def _prepare(
     logprobs: int | None = None,
     prompt_logprobs: int | None = None,
     logprobs_mode: str = "raw",
+    n: int = 1,
 ) -> _Prepared:
     """The trainer-shaped keyword arguments checked and turned into what the session runs
     (shared by :func:`generate_records` and :func:`stream`, so both check alike)."""
@@ -220,6 +224,7 @@ def _prepare(
         "stop_token_ids": list(stop_token_ids or []),
         "ignore_eos": ignore_eos,
         "logprobs_mode": logprobs_mode,
+        "n": n,
     }
     for key, value in (("logprobs", logprobs), ("prompt_logprobs", prompt_logprobs)):
         if value is not None:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gpt_simple_core.checkpoints.info import CheckpointInfo
@@ -82,3 +82,24 @@ def sequence_meta(
         )
         meta["notes"] = notes
     return meta
+
+
+def samples_record(
+    planned: PlannedRecord,
+    samples: Sequence[TokenSequence],
+    shared: Mapping[str, Any],
+    model: LoadedModel,
+) -> dict[str, Any]:
+    """The output record of a record with ``n`` > 1: ``completion`` (the first sample, as for
+    ``n`` 1), ``completions`` (all, in sample order), ``logprobs`` one list per sample."""
+    first = samples[0]
+    meta = sequence_meta(shared, first, model)
+    meta["completion_tokens"] = sum(len(s.generated) for s in samples)
+    meta["finish_reasons"] = [s.finish_reason for s in samples]
+    extra: dict[str, Any] = {"completions": [s.text() for s in samples]}
+    fields = first.logprob_fields()
+    if "logprobs" in fields:
+        extra["logprobs"] = [s.token_logprobs for s in samples]
+    if "prompt_logprobs" in fields:
+        extra["prompt_logprobs"] = fields["prompt_logprobs"]
+    return output_record(planned, meta, completion=first.text(), extra=extra)

@@ -18,9 +18,11 @@ from gpt_simple_core.engine.output_records import (
     error_entry,
     group_meta,
     output_record,
+    samples_record,
     sequence_meta,
 )
 from gpt_simple_core.engine.result import RunResult
+from gpt_simple_core.engine.samples import Gatherer, expand, original
 from gpt_simple_core.engine.scheduler import GroupScheduler
 from gpt_simple_core.engine.scoring import Scorer
 from gpt_simple_core.engine.stop import Stop, StopRequested
@@ -119,15 +121,26 @@ class Engine:
             self.score(model, records, shared)
             return
 
+        gathered = Gatherer()  # the samples of records with generation.n > 1
+
         def done(seq: TokenSequence) -> None:
+            parent = original(seq.planned)
+            if parent is not seq.planned:
+                samples = gathered.done(seq)
+                if samples is not None:
+                    self.emit(parent, samples_record(parent, samples, shared, model), False)
+                return
             meta = sequence_meta(shared, seq, model)
             extra = seq.logprob_fields()
             record = output_record(seq.planned, meta, completion=seq.text(), extra=extra)
             self.emit(seq.planned, record, False)
 
         def failed(planned: PlannedRecord, exc: BaseException) -> None:
+            parent = original(planned)
+            if parent is not planned and not gathered.failed(planned):
+                return  # another sample of this record failed first: its error is written
             log.warning("record failed", line=planned.record.line, error=str(exc))
-            self.emit(planned, output_record(planned, shared, error=error_entry(exc)), True)
+            self.emit(parent, output_record(parent, shared, error=error_entry(exc)), True)
 
         GroupScheduler(
             model,
@@ -138,7 +151,7 @@ class Engine:
             on_tokens=self.progress.add_tokens,
             before_step=self.stop.check,
             on_token=getattr(self.sink, "on_token", None),  # a TokenSink streams
-        ).run(records)
+        ).run(expand(records))
 
     def score(
         self, model: LoadedModel, records: list[PlannedRecord], shared: Mapping[str, Any]

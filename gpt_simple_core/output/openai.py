@@ -101,23 +101,29 @@ def openai_line(record: Mapping[str, Any], input_sha256: str) -> dict[str, Any]:
         }
     meta = record.get("meta", {})
     generation = record.get("generation", {})
-    logprobs = None
-    if record.get("logprobs") is not None:
-        start = len(record.get("prompt", "")) if generation.get("return_full_text") else 0
-        logprobs = completion_logprobs(record["logprobs"], start)
-    choice = {
-        "text": record.get("completion"),
-        "index": 0,
-        "logprobs": logprobs,
-        "finish_reason": FINISH_REASONS.get(meta.get("finish_reason"), meta.get("finish_reason")),
-    }
+    start = len(record.get("prompt", "")) if generation.get("return_full_text") else 0
+    texts = record.get("completions") or [record.get("completion")]  # n samples, or one
+    reasons = meta.get("finish_reasons") or [meta.get("finish_reason")]
+    logprobs = record.get("logprobs")
+    per_sample = logprobs if "completions" in record else [logprobs]
+    choices = [
+        {
+            "text": text,
+            "index": index,
+            "logprobs": completion_logprobs(entries, start) if entries is not None else None,
+            "finish_reason": FINISH_REASONS.get(reason, reason),
+        }
+        for index, (text, reason, entries) in enumerate(
+            zip(texts, reasons, per_sample or [None] * len(texts), strict=True)
+        )
+    ]
     body: dict[str, Any] = {
         "id": ids["completion_id"],
         "object": "text_completion",
         "created": 0,
         "model": record.get(MODEL_KEY),
         "system_fingerprint": fingerprint(meta.get("checkpoint"), meta.get("backend"), generation),
-        "choices": [choice],
+        "choices": choices,
     }
     usage = _usage(meta)
     if usage is not None:

@@ -33,6 +33,10 @@ class PlannedRecord:
     #: plan found more): the engine refuses a row that cannot fit before tokenizing a huge
     #: prompt. Set on the instance only where it says something (a class default otherwise).
     min_prompt_tokens = 1
+    #: On a sample of a record with ``generation.n`` > 1 (engine/samples.py): which sample it
+    #: is, and the record the output is written for (class defaults otherwise).
+    sample = 0
+    of = None
 
     @classmethod
     def from_params(cls, record: Record, params: GenerationParams) -> PlannedRecord:

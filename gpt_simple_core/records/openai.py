@@ -53,8 +53,9 @@ GENERATION_KEYS = {
     "stop": "stop",
     "seed": "seed",
     "logprobs": "logprobs",
+    "n": "n",
 }
-BODY_KEYS = ("model", "prompt", "n", *GENERATION_KEYS)
+BODY_KEYS = ("model", "prompt", *GENERATION_KEYS)
 #: Request keys OpenAI knows that gpt-simple cannot honour: refused rather than ignored.
 UNSUPPORTED = (
     "best_of",
@@ -247,12 +248,6 @@ class OpenAIRequests:
     def _generation(
         self, body: dict[str, Any], line: int, problems: list[Problem]
     ) -> dict[str, Any]:
-        n = body.get("n")
-        if n is not None:
-            if type(n) is not int or n < 1:
-                problems.append(Problem(line, "body.n", f"must be an integer >= 1, got {n!r}"))
-            elif n > 1:
-                problems.append(Problem(line, "body.n", f"n > 1 is not supported yet (got {n})"))
         generation: dict[str, Any] = {}
         for theirs, ours in GENERATION_KEYS.items():
             value = body.get(theirs)

@@ -21,7 +21,9 @@ MAX_LOGPROBS = 20
 LOGPROBS_MODES = ("raw", "processed")
 #: Output keys of the generation block echoed only when they differ from these defaults, so
 #: records that do not ask for logprobs are written exactly as before.
-QUIET_DEFAULTS = {"logprobs": None, "prompt_logprobs": None, "logprobs_mode": "raw"}
+QUIET_DEFAULTS = {"logprobs": None, "prompt_logprobs": None, "logprobs_mode": "raw", "n": 1}
+#: The most samples one record may ask for (``generation.n``).
+MAX_SAMPLES = 128
 #: The smallest temperature: logits divided by less overflow float32 (and sampling that cold is
 #: greedy decoding in all but name).
 MIN_TEMPERATURE = 1e-6
@@ -158,6 +160,12 @@ class GenerationSpec:
             f"must be one of {', '.join(LOGPROBS_MODES)}, got {{value!r}}",
         ),
     )
+    n: int | None = attrs.field(
+        default=None,
+        validator=_check(
+            lambda v: 1 <= v <= MAX_SAMPLES, f"must be in 1..{MAX_SAMPLES}, got {{value}}"
+        ),
+    )
     dtype: str | None = attrs.field(default=None, converter=_dtype_converter, validator=_dtype)
 
     def contradictions(self) -> list[tuple[str, str]]:
@@ -200,6 +208,8 @@ class GenerationParams:
     #: The same for every prompt token after the first (None: not asked).
     prompt_logprobs: int | None = None
     logprobs_mode: str = "raw"
+    #: Samples of this record, each with its own seed (the first: ``seed``).
+    n: int = 1
 
     def to_fields(self) -> dict[str, Any]:
         """Every field by name (``GenerationParams(**fields)`` makes an equal instance)."""
@@ -230,6 +240,7 @@ BUILTIN_GENERATION = GenerationSpec(
     stop_token_ids=(),
     ignore_eos=False,
     logprobs_mode="raw",
+    n=1,
 )
 
 Block = TypeVar("Block", ModelSpec, GenerationSpec)

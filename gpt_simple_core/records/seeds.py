@@ -29,3 +29,9 @@ def derive_seed(run_seed: int, position: int) -> int:
 def seed_from_digest(sha256: str) -> int:
     """A run seed that every node computes alike from the input's sha256 (hex)."""
     return int(sha256[:16], 16) >> (64 - DERIVED_SEED_BITS)
+
+
+def sample_seed(seed: int, sample: int) -> int:
+    """The seed of sample ``sample`` of a record whose seed is ``seed`` (``generation.n``):
+    the first sample keeps it, so ``n: 1`` is the plain record."""
+    return seed if sample == 0 else derive_seed(seed, sample)

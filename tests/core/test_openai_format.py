@@ -196,7 +196,7 @@ def test_every_problem_names_its_line(capsys, tmp_path, toy):
         request("a"),
         request("b", echo=True, colour="red"),
         {**request("c"), "url": "/v1/chat/completions"},
-        request("d", n=2),
+        request("d", n=0),
         {k: v for k, v in request().items() if k != "custom_id"},
         request("a"),
         request("e", model="gpt-3.5-turbo-instruct"),
@@ -209,7 +209,7 @@ def test_every_problem_names_its_line(capsys, tmp_path, toy):
         "in.jsonl:2: body.echo: is not supported by gpt-simple",
         "in.jsonl:2: body.colour: unknown key",
         "in.jsonl:3: url: /v1/chat/completions needs a chat template",
-        "in.jsonl:4: body.n: n > 1 is not supported yet",
+        "in.jsonl:4: body.n: must be in 1..128",
         "in.jsonl:5: custom_id: is required",
         "in.jsonl:6: custom_id: 'a' repeats the custom_id of line 1",
         "in.jsonl:7: body.model: 'gpt-3.5-turbo-instruct' is not in a --model-map",
@@ -312,3 +312,18 @@ def test_stdout_gets_the_same_lines_as_a_file(capsys, checkpoints):
     code, out, err = batch(capsys, *flags)
     assert code == 0, err
     assert out == (checkpoints / "out.jsonl").read_text(encoding="utf-8")
+
+
+def test_n_samples_become_choices(capsys, tmp_path, toy):
+    write_toy_checkpoint(tmp_path / "toy")
+    line = request("s", n=3, seed=4, logprobs=1, max_tokens=3)
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps(line) + "\n")
+    output = tmp_path / "out.jsonl"
+    code, _, err = cli(capsys, "batch-generate", "--input", str(source), "--input-format",
+                       "openai", "--output-format", "openai", "--output", str(output))  # fmt: skip
+    assert code == 0, err
+    (out,) = [json.loads(x) for x in output.read_text().splitlines()]
+    choices = out["response"]["body"]["choices"]
+    assert [c["index"] for c in choices] == [0, 1, 2]
+    assert all(1 <= len(c["logprobs"]["tokens"]) <= 3 for c in choices)  # EOS may end one
