@@ -14,7 +14,8 @@ import nox
 
 nox.options.default_venv_backend = "virtualenv"
 nox.options.sessions = [
-    "lint", "tests", "native", "torch", "onnx", "plugin_template", "ray", "docs", "compat",
+    "lint", "tests", "native", "torch", "onnx", "plugin_template", "ray", "lm_eval", "docs",
+    "compat",
 ]  # fmt: skip
 nox.options.error_on_missing_interpreters = True
 
@@ -96,6 +97,14 @@ def ray(session: nox.Session) -> None:
     """The Ray executor on a local Ray cluster the tests start on loopback and stop again."""
     session.install(*CONSTRAINTS, ".[ray,test]")
     run_pytest(session, "tests/ray")
+
+
+@nox.session(python=PYTHON)
+def lm_eval(session: nox.Session) -> None:
+    """lm-evaluation-harness with our model, on tasks the tests define over local files
+    (offline: no hub, no dataset download)."""
+    session.install(*CONSTRAINTS, ".[torch,lm-eval,test]")
+    run_pytest(session, "tests/lm_eval")
 
 
 @nox.session(python=PYTHON)
