@@ -266,6 +266,16 @@ class LoadedModel(ABC):
         core's batch size.
         """
 
+    #: Whether :meth:`copy_row` works: the engine then prefills a prompt shared by several
+    #: rows (the samples of a record with ``generation.n`` > 1) once, and copies its state.
+    copies_rows: bool = False
+
+    def copy_row(self, source: int, targets: Sequence[int]) -> None:
+        """Give each row of ``targets`` (rows not in use) a copy of row ``source``'s state,
+        so that feeding it next is as if it had been fed ``source``'s tokens. Only called when
+        :attr:`copies_rows` is true."""
+        raise NotImplementedError(f"{type(self).__name__} does not copy rows")
+
     def forward_all(self, rows: Sequence[int], tokens: Sequence[Sequence[int]]) -> list[np.ndarray]:
         """Like :meth:`forward`, but the logits after *every* new token: one float32 array
         ``[len(tokens[i]), vocab]`` per row (prompt log-probabilities and scoring need them).

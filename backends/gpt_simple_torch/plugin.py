@@ -357,6 +357,18 @@ class TorchModel(LoadedModel):
             out[group] = logits.float().cpu().numpy()
         return out
 
+    copies_rows = True
+
+    def copy_row(self, source: int, targets: Sequence[int]) -> None:
+        """Copy ``source``'s cached keys and values (and, under ``truncate``, its history)."""
+        length = self.cached_length(source)
+        for target in targets:
+            slot = self._slot_of(target)
+            self._cache.reserve(slot + 1, length)
+            self._cache.move(self._slot[source], slot)
+            if source in self._history:
+                self._history[target] = list(self._history[source])
+
     def forward_all(self, rows: Sequence[int], tokens: Sequence[Sequence[int]]) -> list:
         """The logits after every new token, in one call per row. Under ``truncate`` a row
         past the context recomputes a window, whose positions are not the new tokens': that

@@ -2,8 +2,9 @@
 ``j`` with the seed :func:`~gpt_simple_core.records.seeds.sample_seed` gives it (the first
 keeps the record's own), and the rows' results are gathered into one output record.
 
-Each sample is a row of its own through the scheduler, prompt included: the n rows do not
-share one prefill's cache yet (a backend-level copy of a row's cache would allow it).
+Each sample is a row of its own through the scheduler; when the samples of a record are
+prefilled in the same step and the model copies rows (``LoadedModel.copy_row``), the prompt
+is prefilled once and the other samples start from a copy of that row's state.
 """
 
 from __future__ import annotations

@@ -246,6 +246,41 @@ class GroupScheduler:
 
     # Forward calls -------------------------------------------------------------------------
     def _forward(self, feed: dict[int, list[int]]) -> Logits:
+        """Logits of every row of ``feed`` that did not fail, packed under the token budget;
+        the samples of one record prefill once and copy the state (where the model can)."""
+        copies = self._shared_prefills(feed)
+        feed = {slot: tokens for slot, tokens in feed.items() if slot not in copies}
+        slots, logits = self._forward_packed(feed)
+        if not copies:
+            return slots, logits
+        position = {slot: i for i, slot in enumerate(slots)}
+        copied = [(slot, source) for slot, source in copies.items() if source in position]
+        for slot, source in copies.items():
+            if source not in position:  # the prefill failed: these samples fail with it
+                self._fail(slot, GenerationError("the prefill of this record's prompt failed"))
+        for slot, source in copied:
+            self.model.copy_row(source, [slot])
+        rows = [position[source] for _, source in copied]
+        return slots + [slot for slot, _ in copied], np.concatenate([logits, logits[rows]])
+
+    def _shared_prefills(self, feed: dict[int, list[int]]) -> dict[int, int]:
+        """Rows of ``feed`` that are another sample of a record being prefilled in the same
+        step, each mapped to the row that prefills for it (none if the model cannot copy)."""
+        if not self.model.copies_rows:
+            return {}
+        first: dict[int, int] = {}
+        copies: dict[int, int] = {}
+        for slot, tokens in feed.items():
+            seq = self.active[slot]
+            if seq.generated or seq.needs_prompt_logprobs or len(tokens) != len(seq.prompt_ids):
+                continue  # not a whole-prompt prefill
+            if seq.index in first:
+                copies[slot] = first[seq.index]
+            else:
+                first[seq.index] = slot
+        return copies
+
+    def _forward_packed(self, feed: dict[int, list[int]]) -> Logits:
         """Logits of every row of ``feed`` that did not fail, packed under the token budget."""
         parts: list[Logits] = []
         call: list[int] = []

@@ -24,6 +24,7 @@ from tests.support.toy_backend import write_toy_checkpoint
 
 #: More examples for a deeper search: GPT_SIMPLE_PROPERTY_EXAMPLES=2000 pytest this file.
 PROPERTY = settings(
+    derandomize=True,  # the same examples every run: CI stays deterministic
     max_examples=int(os.environ.get("GPT_SIMPLE_PROPERTY_EXAMPLES", "60")),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],

@@ -36,7 +36,10 @@ def test_each_sample_is_the_single_run_with_its_seed(tmp_path, capsys, toy_ckpt)
 
 def test_samples_keep_input_order_and_logprobs_per_sample(tmp_path, capsys, toy_ckpt):
     records = [
-        {"prompt": "a", "generation": {"max_new_tokens": 3, "n": 3, "logprobs": 1}},
+        {
+            "prompt": "a",
+            "generation": {"max_new_tokens": 3, "n": 3, "logprobs": 1, "ignore_eos": True},
+        },
         {"prompt": "b", "generation": {"max_new_tokens": 2}},
         {"prompt": "c", "generation": {"max_new_tokens": 2, "n": 2}},
     ]

@@ -130,3 +130,34 @@ def test_window_slides_over_a_long_row(tmp_path: Path, monkeypatch: pytest.Monke
     assert spy.windows[0].tolist() == [[0, 3, 4, 5, 6, 7], [0, 0, 0, 0, 0, 8]]
     assert spy.windows[1].tolist() == [[0, 0, 0, 8, 2, 3], [3, 4, 5, 6, 7, 8]]
     assert spy.windows[2].tolist() == [[5, 6, 7, 8, 1, 1]]
+
+
+def test_logprobs_and_scores_equal_a_direct_log_softmax(model: NativeModel) -> None:
+    """Issue 15 on the native backend (prompt logprobs and scores go through the protocol's
+    default ``forward_all``, one token at a time): each entry is the log_softmax of the logits
+    ``forward`` gives for that history from a fresh row."""
+    from gpt_simple_core.api import generate_records, score
+    from gpt_simple_core.engine.logprobs import raw_logprobs
+
+    prompt = "for each item in the list"
+    (record,) = generate_records(
+        model, model.tokenizer, [prompt], max_new_tokens=4, do_sample=False,
+        logprobs=2, prompt_logprobs=1,
+    )  # fmt: skip
+    prompt_ids = model.tokenizer.encode(prompt)
+    generated = [e["token"] for e in record["logprobs"]]
+    history = prompt_ids + generated
+
+    def direct(position: int) -> np.ndarray:  # the distribution after history[:position]
+        model.release([0])
+        (logits,) = model.forward([0], [history[:position]])
+        model.release([0])
+        return raw_logprobs(logits, len(model.tokenizer))
+
+    for step, entry in enumerate(record["logprobs"]):
+        assert abs(entry["logprob"] - direct(len(prompt_ids) + step)[entry["token"]]) <= 1e-4
+    for position, entry in enumerate(record["prompt_logprobs"][1:], 1):
+        assert abs(entry["logprob"] - direct(position)[entry["token"]]) <= 1e-4
+    words = model.tokenizer.decode(prompt_ids[:3]), model.tokenizer.decode(prompt_ids[3:])
+    (scored,) = score(model, model.tokenizer, [{"context": words[0], "continuation": words[1]}])
+    assert scored["score"]["tokens"] >= 1 and scored["score"]["logprob"] < 0
