@@ -7,7 +7,7 @@
 4. pre-flight: ``--dry-run`` over 100,000 records and 10 checkpoints;
 5. load: peak RSS growth while loading the GPT-2-small checkpoint;
 6. contention: the sweep again with one core kept busy, and torch's naive defaults;
-7. int8: single stream through an int8 ONNX export, with the logits drift;
+7. int8/int4: single stream through int8 and int4 ONNX exports, with the logits drift;
 8. scale-out: the multi-model records as 2 shards side by side, merged, vs 1 process.
 
 llama.cpp (``llama-cpp-python`` and ``gguf``, optional) joins 1 and 2 on the same weights as
@@ -720,47 +720,53 @@ class Suite:
             )
         )
 
-    # 7. int8 -------------------------------------------------------------------------------------
+    # 7. int8 and int4 ----------------------------------------------------------------------------
     def int8(self) -> None:
-        """int8: single stream through an int8 ONNX export vs fp32 torch, with logits drift."""
+        """Weight quantization: single stream through int8 and int4 ONNX exports vs fp32 torch
+        (and the fp32 export), with logits drift."""
         if "onnx" not in self.backends:
             self.not_installed("7 int8", "gpt-simple onnx int8")
             return
         checkpoint = models.checkpoint(models.GPT2_SMALL)
-        folder = self.onnx_export(checkpoint, "int8")
-        if folder is None:
-            self.add(Row("7 int8", "gpt-simple onnx int8", None, "", note="export failed"))
-            return
         repeats = str(self.profile.single_repeats)
-        m = self.worker("gpt_simple_api", "single", str(folder), "--repeats", repeats)
         torch_speed = self.facts.get("single_torch")
         if torch_speed is None:
             t = self.worker("gpt_simple_api", "single", str(checkpoint), "--repeats", repeats)
             torch_speed = t.answer.get("tokens_per_s")
-        speed = m.answer.get("tokens_per_s")
-        drift = self.drift(checkpoint, folder)
-        self.add(
-            Row(
-                "7 int8",
-                "gpt-simple onnx int8 vs torch fp32, batch 1",
-                speed,
-                "tok/s",
-                ratio=speed / torch_speed if speed and torch_speed else None,
-                ratio_label="vs torch fp32",
-                target=">= 2.5x",
-                met=speed / torch_speed >= 2.5 if speed and torch_speed else None,
-                background=m.background,
-                note=drift,
+        for quantize in ("int8", "int4"):
+            scenario = f"7 {quantize}"
+            folder = self.onnx_export(checkpoint, quantize)
+            if folder is None:
+                self.add(
+                    Row(scenario, f"gpt-simple onnx {quantize}", None, "", note="export failed")
+                )
+                continue
+            m = self.worker("gpt_simple_api", "single", str(folder), "--repeats", repeats)
+            speed = m.answer.get("tokens_per_s")
+            fp32 = self.facts.get("single_onnx")
+            versus_fp32 = f"; {speed / fp32:.2f}x the fp32 export" if speed and fp32 else ""
+            self.add(
+                Row(
+                    scenario,
+                    f"gpt-simple onnx {quantize} vs torch fp32, batch 1",
+                    speed,
+                    "tok/s",
+                    ratio=speed / torch_speed if speed and torch_speed else None,
+                    ratio_label="vs torch fp32",
+                    target=">= 2.5x",
+                    met=speed / torch_speed >= 2.5 if speed and torch_speed else None,
+                    background=m.background,
+                    note=self.drift(checkpoint, folder, quantize) + versus_fp32,
+                )
             )
-        )
 
-    def drift(self, checkpoint: Path, int8: Path) -> str:
-        """Logits of the int8 export against fp32 torch, over a few greedy steps of torch's."""
+    def drift(self, checkpoint: Path, quantized: Path, name: str) -> str:
+        """Logits of a quantized export against fp32 torch, over a few greedy steps of torch's."""
         import numpy as np
 
-        ref, low = self.work / "logits-torch.npy", self.work / "logits-int8.npy"
+        ref, low = self.work / "logits-torch.npy", self.work / f"logits-{name}.npy"
         a = self.worker("gpt_simple_api", "logits", str(checkpoint), str(ref))
-        b = self.worker("gpt_simple_api", "logits", str(int8), str(low), "--feed", str(ref))
+        b = self.worker("gpt_simple_api", "logits", str(quantized), str(low), "--feed", str(ref))
         if not (a.ok and b.ok):
             return "drift: failed"
         x, y = np.load(ref), np.load(low)

@@ -50,7 +50,7 @@ MANIFEST_FILE = "manifest.json"
 MIN_OPSET = 18
 DEFAULT_OPSET = 20
 DTYPES = ("fp32", "fp16")
-QUANTIZATIONS = (None, "int8")
+QUANTIZATIONS = (None, "int8", "int4")
 
 
 def past_names(n_layer: int) -> list[str]:
@@ -136,9 +136,11 @@ def check_export_options(options: ExportOptions) -> int:
             f"cannot export dtype {options.dtype}{hint}: use fp32 (any device) or fp16 (CUDA)"
         )
     if options.quantize not in QUANTIZATIONS:
-        raise ValueError(f"unknown quantization {options.quantize!r} (use int8)")
+        raise ValueError(f"unknown quantization {options.quantize!r} (use int8 or int4)")
     if options.quantize and options.dtype != "fp32":
-        raise ValueError("int8 quantization starts from fp32 weights: use --dtype fp32")
+        raise ValueError(
+            f"{options.quantize} quantization starts from fp32 weights: use --dtype fp32"
+        )
     opset = options.opset or DEFAULT_OPSET
     if opset < MIN_OPSET:
         raise ValueError(

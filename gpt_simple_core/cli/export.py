@@ -29,7 +29,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--out", required=True, type=Path, help="new folder to write")
     parser.add_argument("--tokenizer", metavar="PATH", help="tokenizer to use instead")
     parser.add_argument("--dtype", default="fp32", help="weights dtype of the export")
-    parser.add_argument("--quantize", choices=("int8",), help="quantize the export")
+    parser.add_argument(
+        "--quantize",
+        choices=("int8", "int4"),
+        help="quantize the export: int8 (dynamic) or int4 (weight-only, MatMulNBits)",
+    )
     parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     return parser
 

@@ -128,6 +128,60 @@ def test_int8_export_runs_and_reports_its_drift(
     assert np.abs(step).max() < 0.3 * np.abs(expected).max()
 
 
+def test_int4_export_quantizes_every_matrix_and_reports_its_drift(
+    exported: Exported, checkpoints: dict[str, CheckpointInfo]
+) -> None:
+    """int4 weight-only (MatMulNBits): every linear layer and the tied output head (folded out
+    of its Transpose first) are quantized; the drift is measured and the graph runs."""
+    import onnx
+
+    fp32, int4 = exported("default"), exported("default", quantize="int4")
+    manifest = json.loads((int4.path / "manifest.json").read_text())
+    assert manifest["quantization"] == "int4"
+    graph = onnx.load(str(int4.path / "model.onnx")).graph
+    initializers = {i.name for i in graph.initializer}
+    kinds = [n.op_type for n in graph.node]
+    config = json.loads((fp32.path / "config.json").read_text())
+    float_matmuls = [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in initializers]
+    assert float_matmuls == [] and kinds.count("MatMulNBits") >= 4 * config["n_layer"] + 1
+    drift = manifest["logits_drift"]["max_abs_diff"]
+    assert 0 < drift < manifest["logits_drift"]["max_abs_logit"]
+    model = onnx_model(int4)
+    assert model.dtype == "int4" and model.notes["quantization"] == "int4"
+    reference = torch_model(checkpoints["default"])
+    ids = [model.tokenizer.encode(text) for text in DRIFT_PROMPTS]
+    rows = list(range(len(ids)))
+    got, expected = model.forward(rows, ids), reference.forward(rows, ids)
+    print(f"int4 drift: prefill {np.abs(got - expected).max():.3e} of {np.abs(expected).max():.2f}")
+    assert np.abs(got - expected).max() == pytest.approx(drift, rel=1e-3)
+
+
+def test_fold_transposed_weights_keeps_the_product() -> None:
+    import onnx
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    from gpt_simple_onnx.export import fold_transposed_weights
+
+    weight = np.arange(12, dtype=np.float32).reshape(3, 4)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]),
+            helper.make_node("MatMul", ["x", "wt"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 3])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    x = np.ones((2, 4), dtype=np.float32)
+    before = ReferenceEvaluator(helper.make_model(graph)).run(None, {"x": x})[0]
+    assert fold_transposed_weights(graph) == 1
+    assert [n.op_type for n in graph.node] == ["MatMul"]
+    after = ReferenceEvaluator(helper.make_model(graph)).run(None, {"x": x})[0]
+    assert np.array_equal(before, after)
+
+
 def test_fp16_export_runs_close_to_fp32(
     exported: Exported, checkpoints: dict[str, CheckpointInfo]
 ) -> None:
