@@ -41,3 +41,18 @@ def toy() -> type[ToyBackend]:
 def toy_ckpt(tmp_path: Path, toy) -> Path:
     """A plain toy checkpoint (no knobs)."""
     return write_toy_checkpoint(tmp_path / "toy")
+
+
+@pytest.fixture(params=["byte-bpe", "words"])
+def tokenizer(request: pytest.FixtureRequest, tmp_path: Path):
+    """A byte-level BPE and a word-level tokenizer over :data:`TEXTS`, in turn (the streaming
+    and stop-string tests decode with both)."""
+    from gpt_simple_lm_format.tokenizer import HFTokenizer
+    from tests.core.helpers import TEXTS, word_tokenizer
+    from tests.support.checkpoints import write_tokenizer
+
+    if request.param == "byte-bpe":
+        write_tokenizer(tmp_path / "bpe")
+        return HFTokenizer(tmp_path / "bpe")
+    words = sorted({w for text in TEXTS for w in text.split()})
+    return HFTokenizer(word_tokenizer(tmp_path / "words", words, ["<|endoftext|>"]))

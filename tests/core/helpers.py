@@ -101,3 +101,11 @@ def word_tokenizer(folder: Path, words: list[str], special: list[str], **side_fi
     for name, content in side_files.items():
         (folder / f"{name}.json").write_text(json.dumps(content))
     return folder
+
+
+#: Texts the tokenizer-level tests decode: ASCII, multi-byte characters, repeats.
+TEXTS = [
+    "The try statement specifies exception handlers. for each item in the list",
+    "naïve café — 日本語のテキスト, and an emoji 🙂🙃 between words 🙂!",
+    "aaaa aaaa aaab a a a ab ab abab",
+]

@@ -15,14 +15,8 @@ import pytest
 
 from gpt_simple_core.engine.token_sequence import StopStrings
 from gpt_simple_lm_format.tokenizer import HFTokenizer
-from tests.core.helpers import word_tokenizer
+from tests.core.helpers import TEXTS
 from tests.support.checkpoints import write_tokenizer
-
-TEXTS = [
-    "The try statement specifies exception handlers. for each item in the list",
-    "naïve café — 日本語のテキスト, and an emoji 🙂🙃 between words 🙂!",
-    "aaaa aaaa aaab a a a ab ab abab",
-]
 
 
 def reference_cut(tokenizer, ids: list[int], stops: tuple[str, ...]) -> tuple[int, str] | None:
@@ -52,15 +46,6 @@ def stop_candidates(text: str, rng: random.Random) -> list[tuple[str, ...]]:
         out.append((text[start : start + rng.randint(1, 6)],))
     out += [("zzzq",), ("q", "é"), (" ", "🙃"), ("ab", "b a", "xx")]
     return out
-
-
-@pytest.fixture(params=["byte-bpe", "words"])
-def tokenizer(request, tmp_path) -> HFTokenizer:
-    if request.param == "byte-bpe":
-        write_tokenizer(tmp_path / "bpe")
-        return HFTokenizer(tmp_path / "bpe")
-    words = sorted({w for text in TEXTS for w in text.split()})
-    return HFTokenizer(word_tokenizer(tmp_path / "words", words, ["<|endoftext|>"]))
 
 
 @pytest.mark.parametrize("text", TEXTS)

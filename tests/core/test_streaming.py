@@ -32,15 +32,15 @@ from gpt_simple_core.protocol import LoadRequest
 from gpt_simple_core.records.parse import Record
 from gpt_simple_lm_format.tokenizer import HFTokenizer
 from tests.core.helpers import (
+    TEXTS,
     cli,
     generation_params,
     read_jsonl,
     run_toy_cli,
     subprocess_env,
     toy_cli_command,
-    word_tokenizer,
 )
-from tests.core.test_sequence import TEXTS, stop_candidates
+from tests.core.test_sequence import stop_candidates
 from tests.support.checkpoints import write_tokenizer
 from tests.support.toy_backend import ToyModel, write_toy_checkpoint
 
@@ -74,15 +74,6 @@ def test_held_back_is_the_longest_ending_that_starts_a_stop_string() -> None:
     assert held_back("ab", ("b", "abc")) == 2  # the longest candidate wins
     assert held_back("", ("x",)) == 0
     assert held_back("x", ()) == 0
-
-
-@pytest.fixture(params=["byte-bpe", "words"])
-def tokenizer(request: pytest.FixtureRequest, tmp_path: Path) -> HFTokenizer:
-    if request.param == "byte-bpe":
-        write_tokenizer(tmp_path / "bpe")
-        return HFTokenizer(tmp_path / "bpe")
-    words = sorted({w for text in TEXTS for w in text.split()})
-    return HFTokenizer(word_tokenizer(tmp_path / "words", words, ["<|endoftext|>"]))
 
 
 @pytest.mark.parametrize("text", TEXTS)

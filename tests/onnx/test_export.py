@@ -103,6 +103,13 @@ def test_export_folder_is_a_checkpoint(exported: Exported) -> None:
     assert resolved.context_length == 128
 
 
+def prefill_logits(model, reference) -> tuple[np.ndarray, np.ndarray]:
+    """Next-token logits after each drift prompt: from ``model`` and from ``reference``."""
+    ids = [model.tokenizer.encode(text) for text in DRIFT_PROMPTS]
+    rows = list(range(len(ids)))
+    return model.forward(rows, ids), reference.forward(rows, ids)
+
+
 def test_int8_export_runs_and_reports_its_drift(
     exported: Exported, checkpoints: dict[str, CheckpointInfo]
 ) -> None:
@@ -115,9 +122,8 @@ def test_int8_export_runs_and_reports_its_drift(
     model = onnx_model(int8)
     assert model.dtype == "int8" and model.notes["quantization"] == "int8"
     reference = torch_model(checkpoints["default"])
-    ids = [model.tokenizer.encode(text) for text in DRIFT_PROMPTS]
-    rows = list(range(len(ids)))
-    got, expected = model.forward(rows, ids), reference.forward(rows, ids)
+    got, expected = prefill_logits(model, reference)
+    rows = list(range(len(DRIFT_PROMPTS)))
     step = model.forward(rows, [[5]] * len(rows)) - reference.forward(rows, [[5]] * len(rows))
     print(
         f"int8 drift: prefill {np.abs(got - expected).max():.3e}, decode {np.abs(step).max():.3e}"
@@ -148,10 +154,7 @@ def test_int4_export_quantizes_every_matrix_and_reports_its_drift(
     assert 0 < drift < manifest["logits_drift"]["max_abs_logit"]
     model = onnx_model(int4)
     assert model.dtype == "int4" and model.notes["quantization"] == "int4"
-    reference = torch_model(checkpoints["default"])
-    ids = [model.tokenizer.encode(text) for text in DRIFT_PROMPTS]
-    rows = list(range(len(ids)))
-    got, expected = model.forward(rows, ids), reference.forward(rows, ids)
+    got, expected = prefill_logits(model, torch_model(checkpoints["default"]))
     print(f"int4 drift: prefill {np.abs(got - expected).max():.3e} of {np.abs(expected).max():.2f}")
     assert np.abs(got - expected).max() == pytest.approx(drift, rel=1e-3)
 
