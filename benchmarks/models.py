@@ -69,6 +69,13 @@ def write_word_tokenizer(folder: Path, size: int) -> None:
     (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
 
 
+def builtin_checkpoint() -> Path:
+    """The embedded default model: small, but trained, so greedy agreement means something."""
+    from gpt_simple_core.checkpoints.resolve import builtin_models_dir
+
+    return builtin_models_dir() / "default"
+
+
 def checkpoint(shape: Shape, seed: int = 0) -> Path:
     """The checkpoint folder of ``shape`` with weights from ``seed`` (written on first use)."""
     folder = WORK / "checkpoints" / f"{shape.name}-s{seed}"

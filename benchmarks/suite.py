@@ -7,7 +7,8 @@
 4. pre-flight: ``--dry-run`` over 100,000 records and 10 checkpoints;
 5. load: peak RSS growth while loading the GPT-2-small checkpoint;
 6. contention: the sweep again with one core kept busy, and torch's naive defaults;
-7. int8/int4: single stream through int8 and int4 ONNX exports, with the logits drift;
+7. int8/int4: single stream through weight-only int8 and int4 ONNX exports, beside llama.cpp's
+   Q8_0 and Q4_0, with the logits drift and greedy agreement on the builtin model;
 8. scale-out: the multi-model records as 2 shards side by side, merged, vs 1 process.
 
 llama.cpp (``llama-cpp-python`` and ``gguf``, optional) joins 1 and 2 on the same weights as
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -186,7 +188,9 @@ class Suite:
         """``gpt-simple export`` of ``checkpoint`` (once; reused by later runs)."""
         folder = models.WORK / "onnx" / f"{checkpoint.name}-{quantize or 'fp32'}"
         if (folder / "manifest.json").is_file():
-            return folder
+            if _export_is_current(folder, quantize):
+                return folder
+            shutil.rmtree(folder)  # quantized by an older scheme: measure today's
         partial = folder.with_name(folder.name + ".partial")
         extra = ["--quantize", quantize] if quantize else []
         args = ["export", str(checkpoint), "--format", "onnx", "--out", str(partial), *extra]
@@ -722,8 +726,9 @@ class Suite:
 
     # 7. int8 and int4 ----------------------------------------------------------------------------
     def int8(self) -> None:
-        """Weight quantization: single stream through int8 and int4 ONNX exports vs fp32 torch
-        (and the fp32 export), with logits drift."""
+        """Weight-only quantization: single stream through int8 and int4 ONNX exports vs fp32
+        torch (and the fp32 export) and vs llama.cpp's Q8_0 / Q4_0 (from scenario 1), with the
+        logits drift and the greedy agreement on the builtin model."""
         if "onnx" not in self.backends:
             self.not_installed("7 int8", "gpt-simple onnx int8")
             return
@@ -733,7 +738,8 @@ class Suite:
         if torch_speed is None:
             t = self.worker("gpt_simple_api", "single", str(checkpoint), "--repeats", repeats)
             torch_speed = t.answer.get("tokens_per_s")
-        for quantize in ("int8", "int4"):
+        peers = self.facts.get("single_llama_cpp") or {}
+        for quantize, target, peer in (("int8", 2.5, "q8_0"), ("int4", 4.0, "q4_0")):
             scenario = f"7 {quantize}"
             folder = self.onnx_export(checkpoint, quantize)
             if folder is None:
@@ -745,6 +751,7 @@ class Suite:
             speed = m.answer.get("tokens_per_s")
             fp32 = self.facts.get("single_onnx")
             versus_fp32 = f"; {speed / fp32:.2f}x the fp32 export" if speed and fp32 else ""
+            notes = [self.drift(checkpoint, folder, quantize), self.agreement(quantize)]
             self.add(
                 Row(
                     scenario,
@@ -753,12 +760,41 @@ class Suite:
                     "tok/s",
                     ratio=speed / torch_speed if speed and torch_speed else None,
                     ratio_label="vs torch fp32",
-                    target=">= 2.5x",
-                    met=speed / torch_speed >= 2.5 if speed and torch_speed else None,
+                    target=f">= {target:g}x",
+                    met=speed / torch_speed >= target if speed and torch_speed else None,
                     background=m.background,
-                    note=self.drift(checkpoint, folder, quantize) + versus_fp32,
+                    note="; ".join(notes) + versus_fp32,
                 )
             )
+            llama = peers.get(peer)
+            if speed and llama:
+                ratio = speed / llama
+                self.add(
+                    Row(
+                        scenario,
+                        f"gpt-simple onnx {quantize} vs llama.cpp {peer.upper()}, batch 1",
+                        speed,
+                        "tok/s",
+                        ratio=ratio,
+                        ratio_label=f"vs llama.cpp {peer.upper()}",
+                        target=">= 1.0x" if quantize == "int8" else "",
+                        met=ratio >= 1.0 if quantize == "int8" else None,
+                        background=m.background,
+                    )
+                )
+
+    def agreement(self, quantize: str) -> str:
+        """How long the builtin (trained) model's greedy text stays that of fp32 torch once its
+        weights are quantized: the share of tokens before each prompt's first divergence."""
+        builtin = models.builtin_checkpoint()
+        folder = self.onnx_export(builtin, quantize)
+        ref, low = self.work / "greedy-fp32.json", self.work / f"greedy-{quantize}.json"
+        a = self.worker("gpt_simple_api", "greedy", str(builtin), str(ref), "--backend", "torch")
+        b = self.worker("gpt_simple_api", "greedy", str(folder), str(low)) if folder else None
+        if not (a.ok and b is not None and b.ok):
+            return "greedy agreement: failed"
+        share, same = greedy_agreement(json.loads(ref.read_text()), json.loads(low.read_text()))
+        return f"builtin model's greedy text follows fp32 for {share:.0%} of tokens ({same} same)"
 
     def drift(self, checkpoint: Path, quantized: Path, name: str) -> str:
         """Logits of a quantized export against fp32 torch, over a few greedy steps of torch's."""
@@ -774,6 +810,25 @@ class Suite:
         scale = float(np.abs(x).max())
         agree = float((x.argmax(1) == y.argmax(1)).mean())
         return f"drift: max |dlogit| {diff:.3g} (max |logit| {scale:.3g}), top-1 agrees {agree:.0%}"
+
+
+def greedy_agreement(reference: list[list[int]], other: list[list[int]]) -> tuple[float, str]:
+    """(share of tokens before each sequence's first divergence, "k/n" sequences identical)."""
+    agreed = total = same = 0
+    for ours, theirs in zip(reference, other, strict=True):
+        pairs = enumerate(zip(ours, theirs, strict=True))
+        prefix = next((i for i, (a, b) in pairs if a != b), len(ours))
+        agreed, total, same = agreed + prefix, total + len(ours), same + (prefix == len(ours))
+    return agreed / max(total, 1), f"{same}/{len(reference)}"
+
+
+def _export_is_current(folder: Path, quantize: str | None) -> bool:
+    """Whether an export folder was quantized (or not) as ``gpt-simple export`` does today."""
+    from gpt_simple_onnx.layout import WEIGHT_ONLY
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    expected = WEIGHT_ONLY[quantize].as_dict() if quantize else None
+    return manifest.get("quantization_scheme") == expected
 
 
 def _versus(

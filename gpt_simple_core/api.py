@@ -89,6 +89,7 @@ def load_for_inference(
     tokenizer_path: str | os.PathLike[str] | None = None,
     backend: str | None = None,
     options: Mapping[str, Any] | None = None,
+    quantize: str | None = None,
     registry: Registry | None = None,
 ) -> tuple[Any, Tokenizer, Mapping[str, Any]]:
     """Load a checkpoint; return ``(model, tokenizer, model_config)`` like the trainer.
@@ -96,11 +97,13 @@ def load_for_inference(
     For the PyTorch backend ``model`` is its ``nn.Module`` (``model(input_ids=ids).logits``
     works as in the trainer); other backends return their :class:`LoadedModel`. Either can be
     passed to :func:`generate`. ``backend`` defaults to the automatic choice by format;
-    ``options`` are the backend's own (as a record's ``model.options``). The checkpoint goes
+    ``options`` are the backend's own (as a record's ``model.options``); ``quantize`` asks for
+    weight quantization (``int8``/``int4``, as ``model.quantize``). The checkpoint goes
     through the same resolution, backend choice and pre-flight as a CLI run.
     """
     raw_model: dict[str, Any] = {"checkpoint": os.fspath(path)}
-    for key, value in (("dtype", dtype), ("backend", backend), ("options", options)):
+    asked = (("dtype", dtype), ("backend", backend), ("options", options), ("quantize", quantize))
+    for key, value in asked:
         if value is not None:
             raw_model[key] = dict(value) if key == "options" else value
     if tokenizer_path is not None:

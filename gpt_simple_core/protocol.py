@@ -152,6 +152,8 @@ class LoadRequest:
     policy asked for, ``None`` for the backend's default. ``options`` is an instance of the
     backend's :attr:`Backend.Options` (``None`` for a backend without options), validated by
     the core from ``[backend.NAME]`` config tables and the record's ``model.options``.
+    ``quantize`` names a weight quantization the backend declares
+    (:attr:`Backend.quantizations`), ``None`` for none.
     """
 
     dtype: str = AUTO
@@ -159,6 +161,7 @@ class LoadRequest:
     threads: int | None = None
     context_overflow: str | None = None
     options: Any = None
+    quantize: str | None = None
 
 
 @attrs.frozen
@@ -338,6 +341,8 @@ class Backend(ABC):
     * ``priority``: among installed backends with :data:`AUTO` for a format, the highest wins;
     * ``dtypes`` and ``devices``: the dtypes and device kinds :meth:`load` accepts (besides
       ``auto``); any name (``q4_k_m``, ``vulkan``) is the backend's to declare;
+    * ``quantizations``: the weight quantizations it can apply (``model.quantize``, e.g.
+      ``int8``, ``int4``); the names are the backend's to declare, none by default;
     * ``context_overflow``: the policies it can apply past the model's context, its default
       first. A backend whose architecture fixes one (``(OVERFLOW_WINDOW,)``) gets a warning,
       not a problem, when a user asks for another;
@@ -348,7 +353,7 @@ class Backend(ABC):
     * ``extra``: the extra of the backend's distribution that installs ``requires`` (the hint
       for a missing dependency says ``pip install 'DIST[EXTRA]'``);
     * ``refusals``: explanations the core appends when it refuses a value, keyed
-      ``"dtype"``/``"device"`` or ``"dtype:bf16"`` for one value.
+      ``"dtype"``/``"device"``/``"quantize"`` or ``"dtype:bf16"`` for one value.
     """
 
     name: ClassVar[str]
@@ -356,6 +361,7 @@ class Backend(ABC):
     priority: ClassVar[int] = 0
     dtypes: ClassVar[tuple[str, ...]] = ("fp32",)
     devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    quantizations: ClassVar[tuple[str, ...]] = ()
     context_overflow: ClassVar[tuple[str, ...]] = (OVERFLOW_EXTRAPOLATE,)
     Options: ClassVar[type | None] = None
     requires: ClassVar[tuple[str, ...]] = ()

@@ -128,10 +128,11 @@ def export_checkpoint(
     traced = out / ".fp32" / layout.MODEL_FILE if options.quantize else graph
     export_graph(module, config, traced, opset=opset, external_data=external_data)
     del module
-    if options.quantize:
-        quantize, how = QUANTIZERS[options.quantize]
+    scheme = layout.WEIGHT_ONLY.get(options.quantize or "")
+    if scheme is not None:
+        how = f"MatMulNBits, {scheme.bits}-bit weights in blocks of {scheme.block_size}"
         with _phase(f"quantizing to {options.quantize} ({how})"):
-            quantize(traced, graph, external_data=external_data)
+            quantize_weights(traced, graph, scheme, external_data=external_data)
         shutil.rmtree(traced.parent)
     with _phase("measuring the logits drift against PyTorch fp32", prompts=len(prompts)):
         drift = measure_drift(graph, config, tokenizer, prompts, reference)
@@ -150,6 +151,7 @@ def export_checkpoint(
         },
         "dtype": options.dtype,
         "quantization": options.quantize,
+        "quantization_scheme": scheme.as_dict() if scheme is not None else None,
         "opset": opset,
         "graph": {
             "file": layout.MODEL_FILE,
@@ -302,32 +304,10 @@ def quiet_quantizer() -> Iterator[None]:
             root.removeHandler(forward)
 
 
-def quantize_int8(source: Path, target: Path, *, external_data: bool) -> None:
-    """ONNX Runtime's dynamic quantization: int8 weights for MatMul/Gather, activations
-    quantized on the fly (fast CPU decoding, some logits drift)."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    with contextlib.redirect_stdout(sys.stderr), quiet_quantizer():
-        quantize_dynamic(
-            source,
-            target,
-            weight_type=QuantType.QInt8,
-            use_external_data_format=external_data,
-        )
-    onnx.checker.check_model(str(target))
-
-
-#: int4 blocks: 32 weights share a scale (the finest MatMulNBits offers; measured fastest with
-#: the most accuracy on GPT-2-small, docs/performance.md); symmetric, so no zero points.
-INT4_BLOCK = 32
-#: MatMulNBits' compute type: 4 = int8 dot products of the activations (fastest on AVX2 and
-#: AVX-512 VNNI alike here: 120 tok/s against 54 with fp32 compute, GPT-2-small, batch 1).
-INT4_ACCURACY_LEVEL = 4
-
-
-def quantize_int4(source: Path, target: Path, *, external_data: bool) -> None:
-    """ONNX Runtime's MatMulNBits, int4 weight-only (blocks of 32, symmetric, int8 compute).
+def quantize_weights(
+    source: Path, target: Path, scheme: layout.WeightOnly, *, external_data: bool
+) -> None:
+    """ONNX Runtime's ``MatMulNBits``: every constant MatMul weight in ``scheme.bits`` bits.
 
     The tied output head reads the embedding through a Transpose, which the quantizer skips
     (it quantizes constant weights only): it is folded into a constant first, so the largest
@@ -341,10 +321,10 @@ def quantize_int4(source: Path, target: Path, *, external_data: bool) -> None:
     fold_transposed_weights(model.graph)
     quantizer = MatMulNBitsQuantizer(
         model,
-        bits=4,
-        block_size=INT4_BLOCK,
-        is_symmetric=True,
-        accuracy_level=INT4_ACCURACY_LEVEL,
+        bits=scheme.bits,
+        block_size=scheme.block_size,
+        is_symmetric=scheme.symmetric,
+        accuracy_level=scheme.accuracy_level,
     )
     with contextlib.redirect_stdout(sys.stderr), quiet_quantizer():
         quantizer.process()
@@ -386,13 +366,6 @@ def fold_transposed_weights(graph: Any) -> int:
             graph.node.remove(transpose)
         folded += 1
     return folded
-
-
-#: ``--quantize`` -> (the function, what the export log says it does)
-QUANTIZERS = {
-    "int8": (quantize_int8, "onnxruntime dynamic quantization"),
-    "int4": (quantize_int4, "onnxruntime MatMulNBits, weight-only, blocks of 32"),
-}
 
 
 def measure_drift(

@@ -62,16 +62,22 @@ FP16_ON_CPU = (
 )
 
 
+def _quantized(quantization: str | None) -> str:
+    return f"an {quantization} export" if quantization else "an export without quantization"
+
+
 def export_missing() -> list[str]:
     """Import names an export needs that are not installed (nothing is imported)."""
     return [name for name in EXPORT_REQUIRES if importlib.util.find_spec(name) is None]
 
 
 def export_dtype(request: LoadRequest) -> str:
-    """The dtype to export a gpt-simple checkpoint in: as asked, else fp16 on CUDA, fp32 on
-    the CPU."""
+    """The dtype to export a gpt-simple checkpoint in: as asked, else fp32 for quantized
+    weights (the quantizer starts from fp32), fp16 on CUDA, fp32 on the CPU."""
     if request.dtype != AUTO:
         return request.dtype
+    if request.quantize is not None:
+        return "fp32"
     return "fp16" if request.device.kind == "cuda" else "fp32"
 
 
@@ -82,6 +88,7 @@ class OnnxBackend(Backend):
     formats: ClassVar[Mapping[str, str]] = {layout.FORMAT: AUTO, GPT_SIMPLE_FORMAT: EXPLICIT}
     priority: ClassVar[int] = 100
     dtypes: ClassVar[tuple[str, ...]] = layout.DTYPES
+    quantizations: ClassVar[tuple[str, ...]] = tuple(layout.WEIGHT_ONLY)
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
     context_overflow: ClassVar[tuple[str, ...]] = (OVERFLOW_EXTRAPOLATE,)
     requires: ClassVar[tuple[str, ...]] = ("onnxruntime",)
@@ -120,8 +127,16 @@ class OnnxBackend(Backend):
             dtype = checkpoint.details.get("dtype")
         elif checkpoint.format == GPT_SIMPLE_FORMAT:
             dtype = export_dtype(request)
+            if request.quantize is not None and dtype != "fp32":
+                problems.append(
+                    PreflightProblem(
+                        f"{request.quantize} weights are quantized from fp32: use dtype fp32 "
+                        f"(or auto) with model.quantize {request.quantize}",
+                        "model.quantize",
+                    )
+                )
             if not problems:  # hashing the weights is only worth it for a runnable request
-                found, message = self._cache_status(checkpoint, dtype)
+                found, message = self._cache_status(checkpoint, dtype, request.quantize)
                 notes.append(message)
                 missing = export_missing()
                 if found is None and missing:
@@ -155,28 +170,42 @@ class OnnxBackend(Backend):
     def _folder_problems(
         self, checkpoint: CheckpointInfo, request: LoadRequest
     ) -> list[PreflightProblem]:
+        problems = []
         exported = checkpoint.details.get("dtype")
-        if request.dtype in (AUTO, exported):
-            return []
-        return [
-            PreflightProblem(
-                f"{checkpoint.path} is an {exported} export and runs only as exported (dtype "
-                f"auto or {exported}); for {request.dtype}, export again with --dtype "
-                f"{request.dtype} or run the gpt-simple checkpoint with --backend onnx --dtype "
-                f"{request.dtype}",
-                "model.dtype",
+        if request.dtype not in (AUTO, exported):
+            problems.append(
+                PreflightProblem(
+                    f"{checkpoint.path} is an {exported} export and runs only as exported "
+                    f"(dtype auto or {exported}); for {request.dtype}, export again with "
+                    f"--dtype {request.dtype} or run the gpt-simple checkpoint with --backend "
+                    f"onnx --dtype {request.dtype}",
+                    "model.dtype",
+                )
             )
-        ]
+        quantized = checkpoint.details.get("quantization")
+        if request.quantize not in (None, quantized):
+            problems.append(
+                PreflightProblem(
+                    f"{checkpoint.path} is {_quantized(quantized)} and runs only as exported; "
+                    f"for {request.quantize}, export again with --quantize {request.quantize} "
+                    f"or run the gpt-simple checkpoint with --backend onnx --quantize "
+                    f"{request.quantize}",
+                    "model.quantize",
+                )
+            )
+        return problems
 
-    def _key(self, checkpoint: CheckpointInfo, dtype: str) -> CacheKey:
+    def _key(self, checkpoint: CheckpointInfo, dtype: str, quantize: str | None) -> CacheKey:
         if checkpoint.weights is None:
             raise CheckpointError(f"{checkpoint.path}: no weights file")
-        return key_for(checkpoint.weights, dtype=dtype, root=self.cache.root)
+        return key_for(checkpoint.weights, dtype=dtype, quantization=quantize, root=self.cache.root)
 
-    def _cache_status(self, checkpoint: CheckpointInfo, dtype: str) -> tuple[Path | None, str]:
+    def _cache_status(
+        self, checkpoint: CheckpointInfo, dtype: str, quantize: str | None
+    ) -> tuple[Path | None, str]:
         """The cached export for this request (or None) and the plan line saying so."""
         try:
-            key = self._key(checkpoint, dtype)
+            key = self._key(checkpoint, dtype, quantize)
         except OSError as exc:
             return None, f"ONNX export: the run exports first (cannot hash the weights: {exc})"
         found = self.cache.find(key, any_versions=bool(export_missing()))
@@ -198,7 +227,7 @@ class OnnxBackend(Backend):
         request = self.resolve(request)
         if checkpoint.format != GPT_SIMPLE_FORMAT:
             return self.open(checkpoint.path, checkpoint, request)
-        folder, origin = self.cached_export(checkpoint, export_dtype(request))
+        folder, origin = self.cached_export(checkpoint, export_dtype(request), request.quantize)
         try:
             return self.open(folder, checkpoint, request, origin)
         except (UnreadableGraph, CheckpointError) as exc:
@@ -212,13 +241,15 @@ class OnnxBackend(Backend):
                 error=str(exc),
             )
             self.cache.discard(folder)
-            folder, origin = self.cached_export(checkpoint, export_dtype(request))
+            folder, origin = self.cached_export(checkpoint, export_dtype(request), request.quantize)
             return self.open(folder, checkpoint, request, origin)
 
-    def cached_export(self, checkpoint: CheckpointInfo, dtype: str) -> tuple[Path, str]:
-        """The cache entry of ``checkpoint`` in ``dtype``, exported now if missing:
-        (folder, ``"cached"`` or ``"exported"``)."""
-        key = self._key(checkpoint, dtype)
+    def cached_export(
+        self, checkpoint: CheckpointInfo, dtype: str, quantize: str | None = None
+    ) -> tuple[Path, str]:
+        """The cache entry of ``checkpoint`` in ``dtype`` (weights quantized to ``quantize``),
+        exported now if missing: (folder, ``"cached"`` or ``"exported"``)."""
+        key = self._key(checkpoint, dtype, quantize)
         missing = export_missing()
         found = self.cache.find(key, any_versions=bool(missing))
         if found is not None:
@@ -234,9 +265,10 @@ class OnnxBackend(Backend):
             "exporting to ONNX (once; later runs use the cache)",
             checkpoint=str(checkpoint.path),
             dtype=dtype,
+            quantize=quantize,
             cache=str(self.cache.entry(key)),
         )
-        options = ExportOptions(dtype=dtype, opset=key.opset)
+        options = ExportOptions(dtype=dtype, quantize=quantize, opset=key.opset)
         folder = self.cache.export(
             key,
             lambda temp: export_checkpoint(

@@ -6,6 +6,9 @@ Commands (one JSON line out):
   prompt, 128 new tokens, ``ignore_eos``) and the last-position logits' fingerprint;
 * ``logits CHECKPOINT OUT.npy [--backend NAME] [--feed OTHER.npy]``: last-position logits of
   the benchmark prompt after each of a few greedy steps (for the int8 drift);
+* ``greedy CHECKPOINT OUT.json [--backend NAME] [--new-tokens N]``: greedy token ids after
+  each of :data:`GREEDY_PROMPTS` (text the builtin model was trained on), for the agreement of
+  a quantized export with fp32;
 * ``load CHECKPOINT``: peak RSS growth while the torch backend loads the checkpoint.
 
 ``--naive`` imports torch before gpt-simple with torch's defaults (all cores, the OpenMP
@@ -22,6 +25,17 @@ from benchmarks.workers.common import best_of, emit, peak_rss_growth
 
 PROMPT_TOKENS = 32
 NEW_TOKENS = 128
+#: Openings of the kind of text the builtin model saw (Python's documentation).
+GREEDY_PROMPTS = (
+    "The assert statement is a convenient way to",
+    "Objects are Python's abstraction for data.",
+    "An exception is raised when",
+    "The import statement",
+    "A class definition",
+    "Strings are immutable",
+    "The for statement is used to",
+    "Dictionaries map",
+)
 
 
 def benchmark_prompt() -> str:
@@ -75,6 +89,26 @@ def logits(
     emit({"saved": str(out), "steps": steps})
 
 
+def greedy(checkpoint: Path, out: Path, backend: str | None, new_tokens: int) -> None:
+    """Greedy continuations (argmax, EOS ignored) of every prompt, one row each, through the
+    protocol: the sequences two runs are compared on."""
+    import json
+
+    import numpy as np
+
+    loaded = load_through_session(checkpoint, backend)
+    runs = []
+    for prompt in GREEDY_PROMPTS:
+        feed, tokens = loaded.tokenizer.encode(prompt), []
+        for _ in range(new_tokens):
+            feed = [int(np.argmax(loaded.forward([0], [feed])[0]))]
+            tokens.append(feed[0])
+        loaded.release([0])
+        runs.append(tokens)
+    out.write_text(json.dumps(runs))
+    emit({"saved": str(out), "prompts": len(runs), "new_tokens": new_tokens})
+
+
 def load_through_session(
     checkpoint: Path, backend: str | None, device: str | None = None, dtype: str | None = None
 ) -> Any:
@@ -119,6 +153,11 @@ def main() -> None:
     g.add_argument("--backend")
     g.add_argument("--steps", type=int, default=8)
     g.add_argument("--feed", type=Path, help="saved logits whose greedy tokens to feed")
+    r = sub.add_parser("greedy")
+    r.add_argument("checkpoint", type=Path)
+    r.add_argument("out", type=Path)
+    r.add_argument("--backend")
+    r.add_argument("--new-tokens", type=int, default=64)
     m = sub.add_parser("load")
     m.add_argument("checkpoint", type=Path)
     args = parser.parse_args()
@@ -128,6 +167,8 @@ def main() -> None:
         single(args.checkpoint, args.backend, args.repeats, args.new_tokens)
     elif args.command == "logits":
         logits(args.checkpoint, args.out, args.backend, args.steps, args.feed)
+    elif args.command == "greedy":
+        greedy(args.checkpoint, args.out, args.backend, args.new_tokens)
     else:
         load(args.checkpoint)
 

@@ -32,7 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--quantize",
         choices=("int8", "int4"),
-        help="quantize the export: int8 (dynamic) or int4 (weight-only, MatMulNBits)",
+        help="quantize the weights: int8 or int4 (weight-only, ONNX Runtime MatMulNBits)",
     )
     parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     return parser

@@ -106,6 +106,11 @@ def add_model_options(
     group.add_argument(
         "--dtype", type=_dtype, help="fp32, fp16, bf16 or auto (aliases accepted; default auto)"
     )
+    group.add_argument(
+        "--quantize",
+        metavar="NAME",
+        help="weight quantization: int8 or int4 (weight-only; backend onnx), or none",
+    )
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -213,6 +218,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         tokenizer=getattr(args, "tokenizer", None),
         backend=getattr(args, "backend", None),
         dtype=getattr(args, "dtype", None),
+        quantize=getattr(args, "quantize", None),
     )
     assert generation is not None and run is not None
     return Settings(

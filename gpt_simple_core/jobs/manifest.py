@@ -52,6 +52,7 @@ class GroupIdentity:
     backend: str
     dtype: str
     device: str
+    quantize: str | None = None
     context_overflow: str | None
     options: dict[str, Any] | None
     records: int
@@ -116,6 +117,7 @@ def group_identity(group: PlannedGroup) -> GroupIdentity:
         backend=group.backend.name,
         dtype=request.dtype,
         device=str(request.device),
+        quantize=request.quantize,
         context_overflow=request.context_overflow,
         options=group.summary.options,
         records=len(group.records),

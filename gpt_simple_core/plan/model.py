@@ -27,6 +27,7 @@ class PlanGroup:
     backend: str | None = None
     backend_selected_because: str | None = None
     dtype: str = "auto"
+    quantize: str | None = None
     device: str = "auto"
     tokenizer: str | None = None
     eos_id: int | None = None

@@ -43,6 +43,7 @@ class _GroupKey:
     tokenizer: Path | None
     backend: str
     options: Any
+    quantize: str | None
 
 
 @attrs.frozen
@@ -183,11 +184,12 @@ class Planner:
             device=run.device or AUTO,
             threads=self.threads,
             context_overflow=run.context_overflow,
+            quantize=spec.requested_quantization,
         )
         return Asked(request, spec.options, self.settings.backend_options)
 
     def choice(self, info: CheckpointInfo, spec: ModelSpec) -> BackendChoice:
-        key = (info.path, info.format, spec.backend, spec.dtype, spec.options)
+        key = (info.path, info.format, spec.backend, spec.dtype, spec.options, spec.quantize)
         if key not in self._choices:
             self._choices[key] = choose_backend(info, spec.backend, self.asked(spec), self.registry)
         return self._choices[key]
@@ -207,7 +209,12 @@ class Planner:
         assert choice.backend is not None and choice.request is not None  # no problems
         request = choice.request
         key = _GroupKey(
-            info.path, request.dtype, info.tokenizer, choice.backend.name, request.options
+            info.path,
+            request.dtype,
+            info.tokenizer,
+            choice.backend.name,
+            request.options,
+            request.quantize,
         )
         return _Route(key=key, info=info, choice=choice)
 
@@ -268,6 +275,7 @@ class Planner:
             backend=choice.backend.name,
             backend_selected_because=choice.because or None,
             dtype=request.dtype if request.dtype != AUTO else "auto (resolved at load)",
+            quantize=request.quantize,
             device=request.device if not request.device.is_auto else "auto (resolved at load)",
             tokenizer=str(info.tokenizer) if info.tokenizer else None,
             eos_id=info.eos_id,

@@ -64,6 +64,19 @@ def declared_checks(
                 "model.dtype",
             )
         )
+    quantize = request.quantize
+    if quantize is not None and quantize not in backend.quantizations:
+        able = sorted(n for n, b in registry.backends.items() if quantize in b.quantizations)
+        hint = f"; {' and '.join(able)} can (model.backend / --backend)" if able else ""
+        declared = backend.quantizations
+        runs = f"quantizes to {_list(declared)}" if declared else "runs unquantized weights only"
+        problems.append(
+            PreflightProblem(
+                f"backend {backend.name!r} cannot quantize weights to {quantize} (it {runs})"
+                f"{_refusal(backend, 'quantize', quantize)}{hint}",
+                "model.quantize",
+            )
+        )
     device = request.device
     if not device.is_auto and device.kind not in backend.devices:
         problems.append(

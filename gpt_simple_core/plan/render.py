@@ -29,7 +29,8 @@ def _group_lines(number: int, group: PlanGroup) -> list[str]:
     if group.backend_selected_because:
         backend += f" ({group.backend_selected_because})"
     lines.append(f"    backend: {backend}")
-    lines.append(f"    dtype: {group.dtype}; device: {group.device}")
+    quantized = f"; weights quantized to {group.quantize}" if group.quantize else ""
+    lines.append(f"    dtype: {group.dtype}{quantized}; device: {group.device}")
     if group.options:
         shown = ", ".join(f"{k}={v!r}" for k, v in group.options.items())
         lines.append(f"    options: {shown}")

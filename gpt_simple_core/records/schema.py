@@ -27,6 +27,8 @@ MAX_SAMPLES = 128
 #: The smallest temperature: logits divided by less overflow float32 (and sampling that cold is
 #: greedy decoding in all but name).
 MIN_TEMPERATURE = 1e-6
+#: ``model.quantize`` that undoes a lower layer's (a config file's) quantization.
+NO_QUANTIZATION = "none"
 
 
 # Validators (attrs signature). They see only set values: None means "not said here".
@@ -94,6 +96,17 @@ class ModelSpec:
     tokenizer: str | None = None
     backend: str | None = None
     options: Options | None = None
+    #: weight quantization (``int8``, ``int4``: what the backend declares), ``none`` to undo a
+    #: config's; applied by the backend at load (the ONNX backend exports and caches it)
+    quantize: str | None = attrs.field(
+        default=None,
+        validator=_check(lambda v: v.strip() != "", "must name a quantization, or be none"),
+    )
+
+    @property
+    def requested_quantization(self) -> str | None:
+        """What the backend is asked to apply: ``None`` when unset or ``none``."""
+        return None if self.quantize in (None, NO_QUANTIZATION) else self.quantize
 
     @property
     def path(self) -> str | None:

@@ -36,6 +36,12 @@ class Needy(ToyBackend):
         raise AssertionError("describe_runtime called without dependencies")
 
 
+class Quantizing(ToyBackend):
+    name = "quantizing"
+    formats = {"toy": EXPLICIT}
+    quantizations = ("int8", "q4")
+
+
 class Exporter(ToyBackend):
     name = "exporter"
     formats = {"toy": EXPLICIT}
@@ -44,7 +50,7 @@ class Exporter(ToyBackend):
         return {"providers": ["CPUExecutionProvider"]}
 
 
-BACKENDS = {b.name: b for b in (ToyBackend(), HighToy(), Needy(), Exporter())}
+BACKENDS = {b.name: b for b in (ToyBackend(), HighToy(), Needy(), Exporter(), Quantizing())}
 TOY = CheckpointInfo(format="toy", path=Path("/x"), tokenizer=None)
 GPT = CheckpointInfo(format="gpt-simple", path=Path("/y"), tokenizer=None)
 
@@ -120,12 +126,30 @@ def test_explicit_choices():
     assert (choice.backend.name, choice.because, choice.problems) == ("exporter", "requested", ())
     choice = choose(requested="nope")
     assert messages(choice) == (
-        "unknown backend 'nope' (installed: exporter, needy, toy, toy-high)",
+        "unknown backend 'nope' (installed: exporter, needy, quantizing, toy, toy-high)",
     )
     choice = choose(requested="torch", errors={"torch": "ImportError: no torch"})
     assert messages(choice) == ("backend 'torch' failed to load: ImportError: no torch",)
     choice = choose(requested="toy", dtype="bf16")
     assert messages(choice) == ("backend 'toy' cannot run dtype bf16 (it runs fp32, fp16)",)
+
+
+def test_quantize_is_checked_against_what_each_backend_declares():
+    """``model.quantize`` goes to a backend that declares it; the others refuse it, naming the
+    ones that could."""
+    choice = choose(quantize="q4")
+    assert choice.backend is None  # the automatic ones quantize nothing
+    assert (
+        "backend 'toy' cannot quantize weights to q4 (it runs unquantized weights only); "
+        "quantizing can (model.backend / --backend)"
+    ) in messages(choice)
+    assert "model.quantize" in {p.field for p in choice.problems}
+    choice = choose(requested="quantizing", quantize="q4")
+    assert choice.problems == () and choice.request.quantize == "q4"
+    choice = choose(requested="quantizing", quantize="int3")
+    assert messages(choice) == (
+        "backend 'quantizing' cannot quantize weights to int3 (it quantizes to int8, q4)",
+    )
 
 
 def test_a_backend_that_cannot_run_the_format_says_what_would():
@@ -168,6 +192,34 @@ def test_backend_problems_in_a_plan_point_at_the_record(tmp_path, toy_ckpt, caps
     assert f"{source}:2: model.backend: unknown backend 'nope' (installed: toy)" in err
     assert f"{source}:3: model.dtype: backend 'toy' cannot run dtype bf16" in err
     assert "[1] " in out  # the runnable group is still shown
+
+
+def test_model_quantize_groups_records_and_reaches_the_backend(tmp_path, toy, toy_ckpt, capsys):
+    """Records asking different quantizations load separately; ``none`` undoes a config's;
+    the plan shows it; the backend's request carries it; an empty name is a problem."""
+    register_backends(Quantizing())
+    config = tmp_path / "gpt-simple.toml"
+    config.write_text('[model]\nquantize = "q4"\n')
+    rows = [
+        {"prompt": "a"},
+        {"prompt": "b", "model": {"quantize": "int8"}},
+        {"prompt": "c", "model": {"quantize": "none"}},
+        {"prompt": "d"},
+    ]
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    args = ["--input", str(source), "--checkpoint", str(toy_ckpt), "--backend", "quantizing"]
+    code, out, err = cli(capsys, "batch-generate", *args, "--config", str(config), "--dry-run")
+    assert code == 0, err
+    assert out.count("weights quantized to q4") == 1 and "weights quantized to int8" in out
+    code, out, err = cli(
+        capsys, "batch-generate", *args, "--config", str(config), "--max-new-tokens", "2"
+    )
+    assert code == 0, err
+    assert sorted(str(m.quantize) for m in toy.loaded) == ["None", "int8", "q4"]
+    assert [json.loads(line)["prompt"] for line in out.splitlines()] == ["a", "b", "c", "d"]
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "a", "model": {"quantize": " "}}])
+    code, _, err = cli(capsys, "batch-generate", "--input", str(bad), "--dry-run")
+    assert code == 2 and f"{bad}:1: model.quantize: must name a quantization, or be none" in err
 
 
 # Plugin loading -------------------------------------------------------------------------

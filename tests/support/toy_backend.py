@@ -79,6 +79,7 @@ class ToyModel(LoadedModel):
         self.settings = settings
         self.tokenizer = ToyTokenizer()
         self.dtype = "fp32" if request.dtype == "auto" else request.dtype
+        self.quantize = request.quantize  # what the planner passed on (model.quantize)
         self.device = "cpu"
         self.context_length = settings.get("context")
         self.context_overflow = settings.get("overflow", OVERFLOW_EXTRAPOLATE)
