@@ -426,8 +426,8 @@ class Suite:
                 "s",
                 ratio=best_static / wall if best_static else None,
                 ratio_label="faster",
-                target=">= 2x",
-                met=best_static / wall >= 2 if best_static else None,
+                target=">= 2.5x",
+                met=best_static / wall >= 2.5 if best_static else None,
                 background=done[best].background,
                 note=label,
             )

@@ -15,10 +15,11 @@ import mmap
 import pickle
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from gpt_simple.plugins import CheckpointError
 from gpt_simple_lm_format.config import ModelConfig
@@ -27,7 +28,7 @@ from gpt_simple_lm_format.layout import (
     SAFETENSORS,
     describe_state_dict_mismatch,
 )
-from gpt_simple_torch.model import GPT
+from gpt_simple_torch.model import GPT, CausalSelfAttention, FusedLinears, GatedMLP
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
@@ -136,6 +137,8 @@ def store_matrices_transposed(model: GPT) -> None:
     ``x @ W.T`` with ``W`` stored ``[out, in]``, MKL's kernel read weights at 11-15 GB/s on the
     benchmark machine, and at 24-26 GB/s with ``W.T`` stored contiguously (a plain reduction:
     28-30 GB/s); see docs/performance.md. Larger batches are compute-bound and unaffected.
+    Matrices that read the same input (q/k/v, gate/up) are stored side by side as one
+    :class:`~gpt_simple_torch.model.FusedLinears`, each linear's weight a view into it.
 
     Largest matrix first, and the mapped file pages of each original are handed back to the
     kernel once its copy exists, so host memory still peaks near one copy of the weights.
@@ -144,16 +147,38 @@ def store_matrices_transposed(model: GPT) -> None:
     """
     if model.wte.weight.device.type != "cpu":
         return
-    targets = [(m, "weight") for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    owners = [m for m in model.modules() if isinstance(m, (CausalSelfAttention, GatedMLP))]
+    grouped = {id(linear) for owner in owners for linear in owner.fusable()}
+    targets: list[tuple[nn.Module, str]] = [
+        (m, "weight")
+        for m in model.modules()
+        if isinstance(m, torch.nn.Linear) and id(m) not in grouped
+    ]
     if model.lm_head is None:  # tied: the embedding matrix is also the head
         targets.append((model.wte, "weight"))
-    targets.sort(key=lambda target: getattr(*target).numel(), reverse=True)
-    for module, name in targets:
-        original = getattr(module, name)
-        relaid = original.detach().t().contiguous().t()
-        setattr(module, name, torch.nn.Parameter(relaid, requires_grad=False))
-        _release_mapped_pages(original)
-        del original
+    work: list[tuple[int, Callable[[], None]]] = [
+        (getattr(module, name).numel(), functools.partial(_relay, module, name))
+        for module, name in targets
+    ]
+    work += [
+        (sum(linear.weight.numel() for linear in owner.fusable()), functools.partial(_fuse, owner))
+        for owner in owners
+    ]
+    for _, relay in sorted(work, key=lambda item: item[0], reverse=True):
+        relay()
+
+
+def _relay(module: nn.Module, name: str) -> None:
+    """One matrix stored transposed, its original's pages handed back."""
+    original = getattr(module, name)
+    relaid = original.detach().t().contiguous().t()
+    setattr(module, name, torch.nn.Parameter(relaid, requires_grad=False))
+    _release_mapped_pages(original)
+
+
+def _fuse(owner: CausalSelfAttention | GatedMLP) -> None:
+    """q/k/v (or gate/up) stored as one transposed matrix, each linear a view into it."""
+    owner.fused = FusedLinears(owner.fusable(), release=_release_mapped_pages)
 
 
 def _release_mapped_pages(tensor: torch.Tensor) -> None:

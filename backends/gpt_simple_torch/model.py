@@ -24,7 +24,7 @@ Two ways to run it:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +38,59 @@ ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x, approximate="tanh"),
     "relu": F.relu,
 }
+
+
+# Fused projections ----------------------------------------------------------------------------
+
+
+class FusedLinears:
+    """Several ``nn.Linear`` of one input (q/k/v, gate/up) run as one matrix product.
+
+    The fused matrix is stored ``[in, sum of outs]`` (the transposed layout of
+    :func:`~gpt_simple_torch.loading.store_matrices_transposed`), and each linear keeps its
+    own ``weight`` and ``bias`` as views into it: ``state_dict``, the trainer's API and
+    in-place weight updates see the usual modules. One product reads the input once and
+    streams one matrix (q/k/v at batch 1: 0.16 against 0.21 ms on GPT-2-small). Each output
+    column is the same dot product in the same order as the linear's own, so results are
+    bitwise identical (tested). A module converted or moved afterwards (``.half()``, ``.to``)
+    rebinds its parameters: :meth:`__call__` notices and runs the linears one by one.
+    """
+
+    def __init__(self, linears: Sequence[nn.Linear], release: Callable[[Tensor], None]) -> None:
+        first = linears[0].weight
+        self.linears = tuple(linears)
+        self.sizes = [linear.out_features for linear in linears]
+        fused_t = torch.empty(
+            linears[0].in_features, sum(self.sizes), dtype=first.dtype, device=first.device
+        )
+        biases = [linear.bias for linear in linears]
+        self.bias = torch.cat(biases) if all(b is not None for b in biases) else None
+        start = 0
+        for linear, size in zip(linears, self.sizes, strict=True):
+            original = linear.weight
+            fused_t[:, start : start + size].copy_(original.detach().t())
+            view = fused_t[:, start : start + size].t()
+            linear.weight = nn.Parameter(view, requires_grad=False)
+            if self.bias is not None:
+                linear.bias = nn.Parameter(self.bias[start : start + size], requires_grad=False)
+            release(original)
+            del original
+            start += size
+        self.weight = fused_t.t()  # [sum of outs, in], as F.linear takes it
+        self._pointers = self._bound()
+
+    def _bound(self) -> tuple[int, ...]:
+        return tuple(
+            p.data_ptr()
+            for linear in self.linears
+            for p in (linear.weight, linear.bias)
+            if p is not None
+        )
+
+    def __call__(self, x: Tensor) -> tuple[Tensor, ...]:
+        if self._bound() != self._pointers:
+            return tuple(linear(x) for linear in self.linears)
+        return F.linear(x, self.weight, self.bias).split(self.sizes, dim=-1)
 
 
 # Norms ----------------------------------------------------------------------------------------
@@ -228,14 +281,22 @@ class CausalSelfAttention(nn.Module):
         self.v_proj = nn.Linear(e, kv, bias=config.has_qkv_bias)
         self.c_proj = nn.Linear(e, e, bias=config.has_attn_out_bias)
         self.dropout = config.dropout
+        self.fused: FusedLinears | None = None  # q/k/v as one product (set at load on CPUs)
+
+    def fusable(self) -> tuple[nn.Linear, ...]:
+        return (self.q_proj, self.k_proj, self.v_proj)
 
     def project(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Queries [B, n_head, T, head_dim] and keys, values [B, kv_heads, T, head_dim] of
         ``x`` [B, T, n_embd], RoPE applied to queries and keys: the part every path shares."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        if self.fused is not None:
+            q, k, v = self.fused(x)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def output(self, y: Tensor) -> Tensor:
@@ -298,9 +359,17 @@ class GatedMLP(nn.Module):
         self.c_down = nn.Linear(f, e, bias=bias)
         self.act = ACTIVATIONS[config.activation]
         self.dropout = config.dropout
+        self.fused: FusedLinears | None = None  # gate/up as one product (set at load on CPUs)
+
+    def fusable(self) -> tuple[nn.Linear, ...]:
+        return (self.c_gate, self.c_up)
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.c_down(self.act(self.c_gate(x)) * self.c_up(x))
+        if self.fused is not None:
+            gate, up = self.fused(x)
+        else:
+            gate, up = self.c_gate(x), self.c_up(x)
+        y = self.c_down(self.act(gate) * up)
         return F.dropout(y, self.dropout, self.training)
 
 

@@ -134,8 +134,74 @@ def test_matrices_stored_transposed_compute_the_same_logits(
     matrices = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
     if tied:
         matrices.append(model.wte.weight)
-    assert matrices and all(w.t().is_contiguous() and not w.is_contiguous() for w in matrices)
+    # [in, out] in memory: a column of W (one input's weights to every output) is contiguous;
+    # fused q/k/v and gate/up sit side by side in one such matrix
+    assert matrices and all(w.stride(0) == 1 and not w.is_contiguous() for w in matrices)
     np.testing.assert_allclose(full_logits(model, [5, 1, 4, 2]), expected, rtol=1e-5, atol=1e-5)
+
+
+def fused_owners(model) -> list:
+    return [m for m in model.modules() if hasattr(m, "fusable")]
+
+
+def logits_of(model, batch: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=batch).logits
+
+
+@pytest.mark.parametrize("mlp_type", ["gated", "mlp"])
+def test_fused_projections_are_bitwise_the_linears_own(
+    tmp_path: Path, config: ModelConfig, mlp_type: str
+) -> None:
+    """q/k/v (and gate/up) as one product give exactly the separate products, at every batch
+    size; each linear's weight is a view into the fused matrix, so state_dict is unchanged."""
+    config = ModelConfig(**{**config.to_dict(), "mlp_type": mlp_type, "qkv_bias": True})
+    model = load_model(weights_path(write_checkpoint(tmp_path, config, seed=5)), config)
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    store_matrices_transposed(model)
+    owners = fused_owners(model)
+    assert len(owners) == config.n_layer * (2 if mlp_type == "gated" else 1)
+    for owner in owners:
+        storages = {linear.weight.untyped_storage().data_ptr() for linear in owner.fusable()}
+        assert owner.fused is not None and len(storages) == 1
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    generator = torch.Generator().manual_seed(0)
+    for rows, length in ((1, 1), (3, 9), (17, 5)):
+        batch = torch.randint(0, config.vocab_size, (rows, length), generator=generator)
+        fused = logits_of(model, batch)
+        kept = [owner.fused for owner in owners]
+        for owner in owners:
+            owner.fused = None  # the same weights, one product per linear
+        separate = logits_of(model, batch)
+        for owner, fusion in zip(owners, kept, strict=True):
+            owner.fused = fusion
+        assert torch.equal(fused, separate), (rows, length)
+
+
+def test_fused_projections_follow_the_module_when_it_changes(
+    tmp_path: Path, config: ModelConfig
+) -> None:
+    """Weights updated in place are seen by the fused product (shared storage); a converted
+    module (``.double()``) rebinds its parameters, and the linears run one by one."""
+    ckpt = write_checkpoint(tmp_path, config, seed=6)
+    model, reference = (load_model(weights_path(ckpt), config) for _ in range(2))
+    for loaded in (model, reference):
+        store_matrices_transposed(loaded)
+    for owner in fused_owners(reference):
+        owner.fused = None  # the same layout, one product per linear
+    batch = torch.tensor([[5, 1, 4, 2, 3]])
+    unchanged = logits_of(model, batch)
+    other = {k: torch.from_numpy(v) for k, v in random_state_dict(config, seed=7).items()}
+    for loaded in (model, reference):
+        loaded.load_state_dict(other)
+    updated = logits_of(model, batch)
+    assert torch.equal(updated, logits_of(reference, batch))
+    assert not torch.allclose(updated, unchanged)
+    for loaded in (model, reference):
+        loaded.double()
+    stale = fused_owners(model)[0].fused
+    assert stale.weight.dtype == torch.float32  # what a product through it would still read
+    assert torch.equal(logits_of(model, batch), logits_of(reference, batch))
 
 
 PEAK_SCRIPT = """
