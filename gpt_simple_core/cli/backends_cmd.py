@@ -32,6 +32,7 @@ def describe(backend: Backend, registry: Registry) -> dict[str, Any]:
         "priority": backend.priority,
         "dtypes": list(backend.dtypes),
         "devices": list(backend.devices),
+        "quantizations": list(backend.quantizations),
         "context_overflow": list(backend.context_overflow),
         "options": _options_schema(backend),
         "dependencies": "ok"
@@ -76,11 +77,13 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
         print(f"{b['name']}: {b['package']} {b['version'] or ''}".rstrip())
         print(f"  formats: {runs}; priority {b['priority']}")
         print(f"  dtypes: {', '.join(b['dtypes'])}; devices: {', '.join(b['devices'])}")
+        if b["quantizations"]:
+            print(f"  quantizations (model.quantize): {', '.join(b['quantizations'])}")
         print(f"  context overflow: {', '.join(b['context_overflow'])}")
         if b["options"]:
             print("  options: " + ", ".join(f"{k} (default {v})" for k, v in b["options"].items()))
         print(f"  dependencies: {b['dependencies']}")
-        for key in sorted(set(b) - {*SHOWN, "context_overflow", "options", "dependencies"}):
+        for key in sorted(set(b) - {*SHOWN, "quantizations", "context_overflow", "options", "dependencies"}):
             print(f"  {key}: {b[key]}")
     if formats:
         print("formats:")

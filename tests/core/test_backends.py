@@ -317,7 +317,7 @@ def test_the_registry_is_immutable():
 
 # `gpt-simple backends` ---------------------------------------------------------------------
 def test_backends_command_lists_the_toy_backend(toy, capsys):
-    register_backends(Needy(), Exporter())
+    register_backends(Needy(), Exporter(), Quantizing())
     code, out, _ = cli(capsys, "backends", "--json")
     assert code == 0
     data = json.loads(out)
@@ -330,10 +330,12 @@ def test_backends_command_lists_the_toy_backend(toy, capsys):
         "priority": 0,
         "dtypes": ["fp32", "fp16"],
         "devices": ["cpu"],
+        "quantizations": [],
         "context_overflow": ["extrapolate"],
         "options": None,
         "dependencies": "ok",
     }
+    assert by_name["quantizing"]["quantizations"] == ["int8", "q4"]
     assert by_name["needy"]["dependencies"] == (
         "missing: gpt_simple_no_such_module_xyz (pip install gpt_simple_no_such_module_xyz)"
     )
@@ -347,6 +349,7 @@ def test_backends_command_lists_the_toy_backend(toy, capsys):
     assert "  dtypes: fp32, fp16; devices: cpu\n  context overflow: extrapolate\n" in out
     assert "  dependencies: missing: gpt_simple_no_such_module_xyz" in out
     assert "  providers: ['CPUExecutionProvider']" in out
+    assert "  quantizations (model.quantize): int8, q4\n" in out
 
 
 def test_backends_command_shows_plugin_errors_and_empty_installs(monkeypatch, capsys):
