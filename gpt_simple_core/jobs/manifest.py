@@ -8,7 +8,7 @@ when the run stops or ends. It records what makes the output what it is:
   blocks, backend options, device, context policy; not threads or batch sizes, which change
   speed only) and the run seed every unseeded record's seed derives from;
 * each group: the resolved checkpoint (path, format, step, weights size and mtime), tokenizer,
-  backend, dtype, device, options: its *fingerprint*;
+  backend, dtype, quantization, device, options: its *fingerprint*;
 * the records this output holds (``order``: all, or a shard's), the package version, and how
   far the run got (``status``: ``running``, ``stopped`` or ``complete``).
 
