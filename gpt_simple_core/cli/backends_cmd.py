@@ -12,6 +12,8 @@ from gpt_simple_core.registry import Registry
 
 HELP = "list installed backends and formats: package, version, dtypes, devices, dependencies"
 SHOWN = ("name", "package", "version", "formats", "priority", "dtypes", "devices")
+#: keys printed on lines of their own; every other key is a runtime fact, printed as is
+LISTED = ("quantizations", "context_overflow", "options", "dependencies")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -83,7 +85,7 @@ def run(args: argparse.Namespace, registry: Registry) -> int:
         if b["options"]:
             print("  options: " + ", ".join(f"{k} (default {v})" for k, v in b["options"].items()))
         print(f"  dependencies: {b['dependencies']}")
-        for key in sorted(set(b) - {*SHOWN, "quantizations", "context_overflow", "options", "dependencies"}):
+        for key in sorted(set(b) - {*SHOWN, *LISTED}):
             print(f"  {key}: {b[key]}")
     if formats:
         print("formats:")
