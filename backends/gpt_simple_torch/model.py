@@ -64,7 +64,9 @@ class FusedLinears:
             linears[0].in_features, sum(self.sizes), dtype=first.dtype, device=first.device
         )
         biases = [linear.bias for linear in linears]
-        self.bias = torch.cat(biases) if all(b is not None for b in biases) else None
+        if len({b is None for b in biases}) > 1:  # the fused product adds one bias or none
+            raise ValueError("fused linears need a bias each, or none at all")
+        self.bias = None if biases[0] is None else torch.cat(biases)
         start = 0
         for linear, size in zip(linears, self.sizes, strict=True):
             original = linear.weight

@@ -254,3 +254,12 @@ def test_loading_peaks_near_one_copy_of_the_weights(
     print(f"{weights_format}: peak RSS growth {growth / weight_bytes:.2f}x of {weight_bytes} B")
     # two copies (initialise, then load) would be 2x; the lower bound shows it did measure
     assert 0.5 * weight_bytes < growth < 1.3 * weight_bytes
+
+
+def test_fusing_linears_with_and_without_a_bias_is_refused() -> None:
+    """One fused product adds one bias vector: a mix would silently drop some biases."""
+    from gpt_simple_torch.model import FusedLinears
+
+    linears = [torch.nn.Linear(4, 3, bias=True), torch.nn.Linear(4, 2, bias=False)]
+    with pytest.raises(ValueError, match="a bias each, or none"):
+        FusedLinears(linears, release=lambda tensor: None)
